@@ -1,0 +1,47 @@
+"""Input pipelines: random-access sources and deterministic grain pipelines.
+
+Typical use::
+
+    from jdarts import data
+
+    info = data.get_info('cifar10')
+    train = data.load_source('cifar10', 'train', data_dir)
+    search_train, search_val = data.search_split(train, train_portion=0.5)
+    it = data.make_train_iterator(search_train, info, batch_size=64, seed=0,
+                                  shard_index=jax.process_index(),
+                                  shard_count=jax.process_count())
+    batch = next(it)          # {'image', 'label', 'mask'}
+    state = it.get_state()    # JSON-serialisable; it.set_state(state) resumes
+
+Nothing here imports TensorFlow; tensorflow_datasets and scikit-learn are
+imported only when a dataset that needs them is loaded.
+"""
+from jdarts.data.pipeline import CheckpointableIterator
+from jdarts.data.pipeline import make_eval_iterator
+from jdarts.data.pipeline import make_train_iterator
+from jdarts.data.sources import ArraySource
+from jdarts.data.sources import DATASETS
+from jdarts.data.sources import DatasetInfo
+from jdarts.data.sources import DatasetNotFoundError
+from jdarts.data.sources import get_info
+from jdarts.data.sources import load_source
+from jdarts.data.sources import make_synthetic
+from jdarts.data.sources import register_dataset
+from jdarts.data.sources import search_split
+from jdarts.data.sources import SubsetSource
+
+__all__ = [
+    "ArraySource",
+    "CheckpointableIterator",
+    "DATASETS",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "SubsetSource",
+    "get_info",
+    "load_source",
+    "make_eval_iterator",
+    "make_synthetic",
+    "make_train_iterator",
+    "register_dataset",
+    "search_split",
+]

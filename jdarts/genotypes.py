@@ -1,0 +1,563 @@
+"""Discrete DARTS architectures (genotypes): published cells, derivation, JSON.
+
+A CNN genotype describes one normal and one reduction cell. Each cell has two
+inputs (node 0 = output of the cell two back, node 1 = output of the previous
+cell) and `steps` intermediate nodes numbered 2, 3, ...; every intermediate
+node sums two operations, each applied to one earlier node. A cell is written
+as a flat list of `(op_name, input_index)` pairs, two per intermediate node in
+node order, plus the list of node indices concatenated into the cell output::
+
+  Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ...],
+           normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=[2, 3, 4, 5])
+
+`derive` turns search-time architecture weights into a genotype (paper sec.
+2.4). The published cells (NASNet, AmoebaNet, DARTS_V1, DARTS_V2) are
+reproduced entry for entry from the reference implementation (quark0/darts
+`cnn/genotypes.py`, `rnn/genotypes.py`), since evaluation results depend on
+the exact order of the entries.
+
+This module depends on numpy only, so that tools which merely read, print or
+convert genotypes do not pay for importing JAX or Flax; `derive` accepts JAX
+arrays through `np.asarray`.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+# Order matters: it is the column order of the alphas and, as in the reference,
+# decides ties between equally strong operations (the earlier one wins).
+PRIMITIVES: Tuple[str, ...] = (
+    'none',
+    'max_pool_3x3',
+    'avg_pool_3x3',
+    'skip_connect',
+    'sep_conv_3x3',
+    'sep_conv_5x5',
+    'dil_conv_3x3',
+    'dil_conv_5x5',
+)
+
+# Operations that published (non-DARTS) cells use but the DARTS search space
+# does not search over; a genotype may name them.
+EXTRA_OPS: Tuple[str, ...] = ('sep_conv_7x7', 'conv_7x1_1x7')
+
+# Operation names a genotype may contain unless the caller says otherwise.
+KNOWN_OPS: Tuple[str, ...] = PRIMITIVES + EXTRA_OPS
+
+# Candidate operations of the DARTS recurrent cell (reference rnn/genotypes.py).
+RNN_PRIMITIVES: Tuple[str, ...] = ('none', 'tanh', 'relu', 'sigmoid', 'identity')
+
+_JSON_KEYS = ('normal', 'normal_concat', 'reduce', 'reduce_concat')
+_JSON_FILENAME = 'genotype.json'
+
+Entry = Tuple[str, int]
+
+
+class Genotype(NamedTuple):
+  """A discrete CNN architecture: one normal and one reduction cell.
+
+  Attributes:
+    normal: `2 * steps` pairs `(op_name, input_index)`; entries `2i` and `2i+1`
+      form intermediate node `i + 2`, whose inputs are nodes `0 .. i + 1`.
+    normal_concat: node indices concatenated (channel axis) into the output.
+    reduce: as `normal`, for the reduction cell.
+    reduce_concat: as `normal_concat`, for the reduction cell.
+  """
+  normal: List[Entry]
+  normal_concat: List[int]
+  reduce: List[Entry]
+  reduce_concat: List[int]
+
+
+class RNNGenotype(NamedTuple):
+  """A discrete recurrent cell (paper sec. 2.1, A.1.2).
+
+  Attributes:
+    recurrent: one `(activation, input_index)` pair per intermediate node;
+      node 0 is the combination of x_t and h_{t-1}, entry `i` is node `i + 1`.
+    concat: node indices averaged into h_t.
+  """
+  recurrent: List[Entry]
+  concat: List[int]
+
+
+# ---------------------------------------------------------------------------
+# Published cells. Data copied entry for entry from quark0/darts
+# cnn/genotypes.py; the reference writes some concats as `range`, here lists.
+# ---------------------------------------------------------------------------
+
+NASNet = Genotype(
+  normal=[
+    ('sep_conv_5x5', 1),
+    ('sep_conv_3x3', 0),
+    ('sep_conv_5x5', 0),
+    ('sep_conv_3x3', 0),
+    ('avg_pool_3x3', 1),
+    ('skip_connect', 0),
+    ('avg_pool_3x3', 0),
+    ('avg_pool_3x3', 0),
+    ('sep_conv_3x3', 1),
+    ('skip_connect', 1),
+  ],
+  normal_concat=[2, 3, 4, 5, 6],
+  reduce=[
+    ('sep_conv_5x5', 1),
+    ('sep_conv_7x7', 0),
+    ('max_pool_3x3', 1),
+    ('sep_conv_7x7', 0),
+    ('avg_pool_3x3', 1),
+    ('sep_conv_5x5', 0),
+    ('skip_connect', 3),
+    ('avg_pool_3x3', 2),
+    ('sep_conv_3x3', 2),
+    ('max_pool_3x3', 1),
+  ],
+  reduce_concat=[4, 5, 6],
+)
+
+AmoebaNet = Genotype(
+  normal=[
+    ('avg_pool_3x3', 0),
+    ('max_pool_3x3', 1),
+    ('sep_conv_3x3', 0),
+    ('sep_conv_5x5', 2),
+    ('sep_conv_3x3', 0),
+    ('avg_pool_3x3', 3),
+    ('sep_conv_3x3', 1),
+    ('skip_connect', 1),
+    ('skip_connect', 0),
+    ('avg_pool_3x3', 1),
+  ],
+  normal_concat=[4, 5, 6],
+  reduce=[
+    ('avg_pool_3x3', 0),
+    ('sep_conv_3x3', 1),
+    ('max_pool_3x3', 0),
+    ('sep_conv_7x7', 2),
+    ('sep_conv_7x7', 0),
+    ('avg_pool_3x3', 1),
+    ('max_pool_3x3', 0),
+    ('max_pool_3x3', 1),
+    ('conv_7x1_1x7', 0),
+    ('sep_conv_3x3', 5),
+  ],
+  reduce_concat=[3, 4, 6],
+)
+
+# First-order DARTS cell.
+DARTS_V1 = Genotype(
+  normal=[
+    ('sep_conv_3x3', 1), ('sep_conv_3x3', 0),
+    ('skip_connect', 0), ('sep_conv_3x3', 1),
+    ('skip_connect', 0), ('sep_conv_3x3', 1),
+    ('sep_conv_3x3', 0), ('skip_connect', 2),
+  ],
+  normal_concat=[2, 3, 4, 5],
+  reduce=[
+    ('max_pool_3x3', 0), ('max_pool_3x3', 1),
+    ('skip_connect', 2), ('max_pool_3x3', 0),
+    ('max_pool_3x3', 0), ('skip_connect', 2),
+    ('skip_connect', 2), ('avg_pool_3x3', 0),
+  ],
+  reduce_concat=[2, 3, 4, 5],
+)
+
+# Second-order DARTS cell: the paper's best CIFAR-10 cell (Fig. 4 and 5).
+DARTS_V2 = Genotype(
+  normal=[
+    ('sep_conv_3x3', 0), ('sep_conv_3x3', 1),
+    ('sep_conv_3x3', 0), ('sep_conv_3x3', 1),
+    ('sep_conv_3x3', 1), ('skip_connect', 0),
+    ('skip_connect', 0), ('dil_conv_3x3', 2),
+  ],
+  normal_concat=[2, 3, 4, 5],
+  reduce=[
+    ('max_pool_3x3', 0), ('max_pool_3x3', 1),
+    ('skip_connect', 2), ('max_pool_3x3', 1),
+    ('max_pool_3x3', 0), ('skip_connect', 2),
+    ('skip_connect', 2), ('max_pool_3x3', 1),
+  ],
+  reduce_concat=[2, 3, 4, 5],
+)
+
+DARTS = DARTS_V2
+
+# Published recurrent cells, from quark0/darts rnn/genotypes.py
+# (`concat=range(1, 9)` there).
+RNN_ENAS = RNNGenotype(
+  recurrent=[
+    ('tanh', 0), ('tanh', 1), ('relu', 1), ('tanh', 3), ('tanh', 3),
+    ('relu', 3), ('relu', 4), ('relu', 7), ('relu', 8), ('relu', 8),
+    ('relu', 8),
+  ],
+  concat=[2, 5, 6, 9, 10, 11],
+)
+
+RNN_DARTS_V1 = RNNGenotype(
+  recurrent=[
+    ('relu', 0), ('relu', 1), ('tanh', 2), ('relu', 3),
+    ('relu', 4), ('identity', 1), ('relu', 5), ('relu', 1),
+  ],
+  concat=[1, 2, 3, 4, 5, 6, 7, 8],
+)
+
+RNN_DARTS_V2 = RNNGenotype(
+  recurrent=[
+    ('sigmoid', 0), ('relu', 1), ('relu', 1), ('identity', 1),
+    ('tanh', 2), ('sigmoid', 5), ('tanh', 3), ('relu', 5),
+  ],
+  concat=[1, 2, 3, 4, 5, 6, 7, 8],
+)
+
+RNN_DARTS = RNN_DARTS_V2
+
+GENOTYPES: Dict[str, Genotype] = {
+  'NASNet': NASNet,
+  'AmoebaNet': AmoebaNet,
+  'DARTS_V1': DARTS_V1,
+  'DARTS_V2': DARTS_V2,
+  'DARTS': DARTS,
+}
+
+RNN_GENOTYPES: Dict[str, RNNGenotype] = {
+  'ENAS': RNN_ENAS,
+  'DARTS_V1': RNN_DARTS_V1,
+  'DARTS_V2': RNN_DARTS_V2,
+  'DARTS': RNN_DARTS,
+}
+
+
+# ---------------------------------------------------------------------------
+# Validation.
+# ---------------------------------------------------------------------------
+
+def _is_int(x) -> bool:
+  # bool is an int subclass, but `true` as a node index is a corrupt file.
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_cell(entries, concat, cell: str, known_ops: Optional[Sequence[str]],
+                where: str) -> Tuple[List[Entry], List[int]]:
+  """Validates one cell and returns it as fresh lists of python values."""
+  if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
+    raise ValueError(f"{where}{cell} must be a list of [op, input] pairs; "
+                     f"got {type(entries).__name__}.")
+  if not entries or len(entries) % 2:
+    raise ValueError(f"{where}{cell} has {len(entries)} entries; a cell needs a "
+                     "positive, even number (2 per intermediate node).")
+  out = []
+  for p, entry in enumerate(entries):
+    if (isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or
+        len(entry) != 2):
+      raise ValueError(f"{where}{cell}[{p}] = {entry!r} is not an [op, input] pair.")
+    op, idx = entry
+    if not isinstance(op, str):
+      raise ValueError(f"{where}{cell}[{p}] has op {op!r}; expected a string.")
+    if known_ops is not None and op not in known_ops:
+      close = difflib.get_close_matches(op, known_ops, n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      raise ValueError(f"{where}{cell}[{p}] has unknown operation {op!r}{hint}; "
+                       f"known: {', '.join(known_ops)}.")
+    # Entry p belongs to node p // 2 + 2, which may read nodes 0 .. p // 2 + 1.
+    limit = p // 2 + 2
+    if not _is_int(idx) or not 0 <= idx < limit:
+      raise ValueError(f"{where}{cell}[{p}] = {entry!r} has input {idx!r}; node "
+                       f"{limit} can only read nodes 0..{limit - 1}.")
+    out.append((op, int(idx)))
+  num_nodes = len(entries) // 2 + 2
+  concat_name = f'{cell}_concat'
+  if isinstance(concat, (str, bytes)) or not isinstance(concat, (Sequence, range)):
+    raise ValueError(f"{where}{concat_name} must be a list of node indices; "
+                     f"got {type(concat).__name__}.")
+  concat = list(concat)
+  if not concat:
+    raise ValueError(f"{where}{concat_name} is empty; the cell would have no output.")
+  for c in concat:
+    if not _is_int(c) or not 0 <= c < num_nodes:
+      raise ValueError(f"{where}{concat_name} = {concat!r} contains {c!r}; this "
+                       f"cell has nodes 0..{num_nodes - 1}.")
+  if len(set(concat)) != len(concat):
+    raise ValueError(f"{where}{concat_name} = {concat!r} repeats a node.")
+  return out, [int(c) for c in concat]
+
+
+def validate_genotype(genotype: Genotype, *,
+                      known_ops: Optional[Sequence[str]] = KNOWN_OPS,
+                      where: str = '') -> Genotype:
+  """Checks a CNN genotype and returns a normalised copy (lists, python ints).
+
+  Args:
+    genotype: a `Genotype` (or any 4-tuple in its field order); concats may be
+      `range`s as in the reference code.
+    known_ops: allowed operation names; `None` accepts any string.
+    where: prefix for error messages, e.g. the file a genotype came from.
+
+  Returns:
+    A new `Genotype` that shares no lists with the argument.
+
+  Raises:
+    ValueError: one line naming the first problem found: an odd or empty cell,
+      an unknown operation, an input that is not an earlier node, or a concat
+      index outside the cell.
+  """
+  if isinstance(genotype, Mapping):
+    raise ValueError(f"{where}got a dict; parse JSON genotypes with genotype_from_json.")
+  if len(genotype) != 4:
+    raise ValueError(f"{where}a Genotype has 4 fields ({', '.join(_JSON_KEYS)}); "
+                     f"got {len(genotype)}.")
+  normal, normal_concat, reduce, reduce_concat = genotype
+  normal, normal_concat = _check_cell(normal, normal_concat, 'normal', known_ops, where)
+  reduce, reduce_concat = _check_cell(reduce, reduce_concat, 'reduce', known_ops, where)
+  return Genotype(normal, normal_concat, reduce, reduce_concat)
+
+
+def register_genotype(name: str, genotype: Genotype, *,
+                      known_ops: Optional[Sequence[str]] = KNOWN_OPS,
+                      overwrite: bool = False) -> Genotype:
+  """Adds `genotype` to `GENOTYPES` so configs and `load_genotype` find it by name.
+
+  Args:
+    name: registry key.
+    genotype: the cell pair; validated as by `validate_genotype`.
+    known_ops: allowed operation names (`None`: any).
+    overwrite: replace an existing entry instead of raising.
+
+  Returns:
+    The validated, normalised genotype that was stored.
+
+  Raises:
+    ValueError: if `name` is taken (and not `overwrite`) or the genotype is invalid.
+  """
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"genotype name must be a non-empty string; got {name!r}.")
+  if name in GENOTYPES and not overwrite:
+    raise ValueError(f"genotype {name!r} is already registered; pass overwrite=True "
+                     "to replace it.")
+  genotype = validate_genotype(genotype, known_ops=known_ops,
+                               where=f"genotype {name!r}: ")
+  GENOTYPES[name] = genotype
+  return genotype
+
+
+# ---------------------------------------------------------------------------
+# Deriving a discrete cell from architecture weights (paper sec. 2.4).
+# ---------------------------------------------------------------------------
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+  """Row-wise softmax of a (E, O) float64 array."""
+  z = np.exp(x - x.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
+def _parse_cell(alphas, name: str, primitives: Sequence[str], steps: int,
+                k: int) -> List[Entry]:
+  """Keeps the k strongest edges into each node and their strongest op."""
+  num_edges = sum(2 + i for i in range(steps))
+  expected = (num_edges, len(primitives))
+  a = np.asarray(alphas)
+  if a.shape != expected:
+    raise ValueError(f"{name} has shape {tuple(a.shape)}; the DARTS CNN cell with "
+                     f"{steps} steps needs {expected}.")
+  # Upcast: bfloat16 alphas softmaxed in their own precision would turn the
+  # near-uniform strengths of an early search into spurious ties.
+  a = a.astype(np.float64)
+  if not np.all(np.isfinite(a)):
+    raise ValueError(f"{name} contains non-finite values; the search diverged.")
+  strength = _softmax(a)
+  # 'none' only rescales a node, so it is never a candidate (paper sec. 2.4);
+  # its alpha still enters the softmax, exactly as in the reference.
+  candidates = np.array([p != 'none' for p in primitives])
+  masked = np.where(candidates, strength, -np.inf)
+  best_op = np.argmax(masked, axis=-1)  # first maximum: earlier primitive wins
+  best_strength = masked.max(axis=-1)
+
+  gene = []
+  start = 0
+  for i in range(steps):
+    end = start + i + 2
+    # Stable sort of the negated strength = strongest first, ties to the lower
+    # predecessor index; the reference's `sorted(..., key=-max)` does the same.
+    order = np.argsort(-best_strength[start:end], kind='stable')[:k]
+    for j in order:
+      gene.append((primitives[best_op[start + j]], int(j)))
+    start = end
+  return gene
+
+
+def derive(alphas_normal, alphas_reduce, primitives: Sequence[str] = PRIMITIVES, *,
+           steps: int = 4, multiplier: int = 4, k: int = 2) -> Genotype:
+  """Discretises the architecture weights of a DARTS CNN search (paper sec. 2.4).
+
+  For every intermediate node, each incoming edge is scored by its strongest
+  non-'none' operation, with strength softmax(alphas of the edge) (the softmax
+  runs over all operations, 'none' included). The k best edges are kept,
+  strongest first (ties: lower predecessor index), each with its strongest
+  non-'none' operation (ties: earlier in `primitives`). This reproduces
+  `Network.genotype()` of quark0/darts `cnn/model_search.py`.
+
+  Args:
+    alphas_normal: (E, O) architecture logits of the normal cell, numpy or JAX;
+      E = 2 + 3 + ... + (steps + 1) edges (14 for 4 steps), laid out node by
+      node (node 2's edges from nodes 0, 1; node 3's from 0, 1, 2; ...);
+      O = len(primitives).
+    alphas_reduce: (E, O) logits of the reduction cell.
+    primitives: operation names, in the column order of the alphas.
+    steps: number of intermediate nodes.
+    multiplier: how many of the last intermediate nodes form the cell output.
+    k: edges kept per node; the evaluation network and the JSON format assume
+      the DARTS value 2 (the first node has only 2 predecessors, so k <= 2).
+
+  Returns:
+    A `Genotype` with `k * steps` entries per cell and concat
+    `[2 + steps - multiplier, ..., steps + 1]`.
+
+  Raises:
+    ValueError: on a shape mismatch, non-finite alphas, 'none' as the only
+      primitive, or steps / multiplier / k out of range.
+  """
+  primitives = tuple(primitives)
+  if not _is_int(steps) or steps < 1:
+    raise ValueError(f"steps must be a positive integer; got {steps!r}.")
+  if not _is_int(multiplier) or not 1 <= multiplier <= steps:
+    raise ValueError(f"multiplier must be in 1..steps={steps}; got {multiplier!r}.")
+  if not _is_int(k) or not 1 <= k <= 2:
+    raise ValueError(f"k must be 1 or 2 (node 2 has only 2 predecessors); got {k!r}.")
+  if all(p == 'none' for p in primitives):
+    raise ValueError(f"primitives {primitives!r} have no operation besides 'none'.")
+  normal = _parse_cell(alphas_normal, 'alphas_normal', primitives, steps, k)
+  reduce = _parse_cell(alphas_reduce, 'alphas_reduce', primitives, steps, k)
+  concat = list(range(2 + steps - multiplier, steps + 2))
+  return Genotype(normal, concat, reduce, list(concat))
+
+
+# ---------------------------------------------------------------------------
+# JSON and files.
+# ---------------------------------------------------------------------------
+
+def genotype_to_json(genotype: Genotype) -> Dict[str, Any]:
+  """The JSON-ready dict of a genotype.
+
+  Returns:
+    `{"normal": [[op, input], ...], "normal_concat": [...], "reduce": [...],
+    "reduce_concat": [...]}` with python strings and ints only.
+  """
+  g = validate_genotype(genotype, known_ops=None)
+  return {
+    'normal': [[op, idx] for op, idx in g.normal],
+    'normal_concat': list(g.normal_concat),
+    'reduce': [[op, idx] for op, idx in g.reduce],
+    'reduce_concat': list(g.reduce_concat),
+  }
+
+
+def genotype_from_json(d: Mapping[str, Any], *,
+                       known_ops: Optional[Sequence[str]] = KNOWN_OPS,
+                       where: str = '') -> Genotype:
+  """Parses and validates the dict written by `genotype_to_json`.
+
+  Args:
+    d: mapping with exactly the keys normal, normal_concat, reduce, reduce_concat.
+    known_ops: allowed operation names (`None`: any). Genotypes searched over
+      custom operations need their names here, e.g. `ops.OPS.names()`.
+    where: prefix for error messages.
+
+  Raises:
+    ValueError: one line naming the first problem (keys, op, index, concat).
+  """
+  if not isinstance(d, Mapping):
+    raise ValueError(f"{where}a genotype must be a JSON object with keys "
+                     f"{', '.join(_JSON_KEYS)}; got {type(d).__name__}.")
+  missing = [key for key in _JSON_KEYS if key not in d]
+  unknown = sorted(str(key) for key in d if key not in _JSON_KEYS)
+  if missing or unknown:
+    parts = ([f"missing key(s) {missing}"] if missing else []) + (
+        [f"unknown key(s) {unknown}"] if unknown else [])
+    raise ValueError(f"{where}genotype has {' and '.join(parts)}; expected exactly "
+                     f"{', '.join(_JSON_KEYS)}.")
+  return validate_genotype(tuple(d[key] for key in _JSON_KEYS), known_ops=known_ops,
+                           where=where)
+
+
+def save_genotype(genotype: Genotype, path: Union[str, os.PathLike]) -> str:
+  """Writes `genotype` as JSON to `path` (or `path/genotype.json` for a directory).
+
+  The file is written next to its destination and renamed over it, so a
+  concurrent reader (e.g. an evaluation job polling a search workdir) never
+  sees half a file.
+
+  Returns:
+    The path of the written file.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    path = os.path.join(path, _JSON_FILENAME)
+  text = json.dumps(genotype_to_json(genotype), indent=1)
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, 'w') as f:
+    f.write(text + '\n')
+  os.replace(tmp, path)
+  return path
+
+
+def load_genotype(name_or_path: Union[str, os.PathLike], *,
+                  known_ops: Optional[Sequence[str]] = KNOWN_OPS) -> Genotype:
+  """A genotype by registered name, JSON file, or search workdir.
+
+  Args:
+    name_or_path: a key of `GENOTYPES` (e.g. 'DARTS_V2'), a JSON file written
+      by `save_genotype`, or a directory containing `genotype.json`.
+    known_ops: allowed operation names for files (`None`: any).
+
+  Returns:
+    A fresh `Genotype` (mutating it does not touch the registry).
+
+  Raises:
+    ValueError: for an unknown name that is not a file (listing the known
+      names), a directory without genotype.json, unreadable JSON, or an
+      invalid genotype.
+  """
+  if isinstance(name_or_path, str) and name_or_path in GENOTYPES:
+    return validate_genotype(GENOTYPES[name_or_path], known_ops=None)
+  path = os.fspath(name_or_path)
+  if os.path.isdir(path):
+    dir_path, path = path, os.path.join(path, _JSON_FILENAME)
+    if not os.path.isfile(path):
+      raise ValueError(f"directory {dir_path!r} has no {_JSON_FILENAME}; is it a "
+                       "finished search workdir?")
+  elif not os.path.isfile(path):
+    close = difflib.get_close_matches(path, GENOTYPES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"{path!r} is neither a known genotype nor a file.{hint} Known "
+                     f"genotypes: {', '.join(GENOTYPES)}.")
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e}).") from None
+  return genotype_from_json(d, known_ops=known_ops, where=f"{path}: ")
+
+
+def format_genotype(genotype: Union[Genotype, RNNGenotype]) -> str:
+  """A compact summary for logs, one line per cell.
+
+  Example::
+
+    normal: 2<-sep_conv_3x3(0),sep_conv_3x3(1) 3<-... concat=[2, 3, 4, 5]
+    reduce: 2<-max_pool_3x3(0),max_pool_3x3(1) 3<-... concat=[2, 3, 4, 5]
+  """
+  def cell(entries, concat, per_node, first_node):
+    nodes = []
+    for n in range(0, len(entries), per_node):
+      ops = ','.join(f'{op}({idx})' for op, idx in entries[n:n + per_node])
+      nodes.append(f'{first_node + n // per_node}<-{ops}')
+    return f"{' '.join(nodes)} concat={list(concat)}"
+
+  if isinstance(genotype, RNNGenotype):
+    return f"recurrent: {cell(genotype.recurrent, genotype.concat, 1, 1)}"
+  return (f"normal: {cell(genotype.normal, genotype.normal_concat, 2, 2)}\n"
+          f"reduce: {cell(genotype.reduce, genotype.reduce_concat, 2, 2)}")

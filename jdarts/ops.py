@@ -1,0 +1,433 @@
+"""Candidate operations of the DARTS search spaces, as Flax linen modules.
+
+Layout is NHWC throughout (channels last, as XLA prefers), so the reference
+implementation's channel concatenation on axis 1 is axis -1 here.
+
+Every operation is built by a factory in the `OPS` registry with the signature
+`factory(C, stride, affine, opts) -> nn.Module`, and every module is called as
+`module(x, train=True)` with `x` of shape (N, H, W, C) -> (N, H // stride,
+W // stride, C_out). Users can add their own operations with
+`OPS.register("name", factory)`.
+
+Two details that matter for faithfulness and speed:
+
+* Search-time BatchNorm (`opts.track_running_stats=False`, paper A.1.1) always
+  normalises with the statistics of the current batch and holds no state, so
+  a search network has only `params`. With `opts.bn_axis_name` set, the batch
+  moments are averaged over that device axis, so statistics are those of the
+  global batch exactly as on one device.
+* Depthwise convolutions have two implementations with identical parameters:
+  XLA's grouped convolution (`'xla'`), a sum of k*k shifted, scaled copies of
+  the input (`'shift'`) and a dense convolution with a block-diagonal kernel
+  (`'dense'`). XLA:CPU runs grouped convolutions slowly, so `'auto'` picks
+  `'dense'` on CPU (at widths up to 128) and `'xla'` on GPU/TPU (measurements
+  in benchmarks/RESULTS.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jdarts.registry import Registry
+
+OPS = Registry("operation")
+
+DEPTHWISE_IMPLS = ("auto", "xla", "shift", "dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpOptions:
+  """Options shared by every operation of a network.
+
+  Attributes:
+    depthwise: 'auto' | 'xla' | 'shift' | 'dense': depthwise convolution
+      implementation (see `DepthwiseConv`).
+    track_running_stats: False for search networks (batch statistics only, no
+      state); True for evaluation networks (running averages in the
+      'batch_stats' collection, used when `train=False`).
+    bn_axis_name: if set, BatchNorm moments are averaged over this named
+      device axis (cross-replica statistics).
+    bn_momentum: running-average decay (PyTorch's momentum 0.1 is 0.9 here).
+    bn_epsilon: added to the variance, as PyTorch's default 1e-5.
+    dtype: computation dtype (parameters stay float32).
+  """
+  depthwise: str = "auto"
+  track_running_stats: bool = False
+  bn_axis_name: Optional[str] = None
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.depthwise not in DEPTHWISE_IMPLS:
+      raise ValueError(f"Unknown depthwise implementation {self.depthwise!r}; "
+                       f"choose one of {DEPTHWISE_IMPLS}.")
+
+
+# Above this width the block-diagonal kernel's C-fold extra work outweighs
+# XLA:CPU's slow grouped convolution (benchmarks/RESULTS.md).
+DENSE_DEPTHWISE_MAX_CHANNELS = 128
+
+
+def resolve_depthwise(impl: str, channels: int = 0) -> str:
+  """Maps 'auto' to the faster implementation for the default backend and width.
+
+  On CPU the dense block-diagonal form is fastest at small widths and compiles
+  as fast as one convolution; shift-and-add runs fast but compiles ~4x slower
+  per op, which dominates whole-supernet compile time. GPUs/TPUs have fast
+  native depthwise kernels.
+  """
+  if impl != "auto":
+    return impl
+  if jax.default_backend() == "cpu":
+    return "dense" if channels <= DENSE_DEPTHWISE_MAX_CHANNELS else "xla"
+  return "xla"
+
+
+# PyTorch's default Conv2d/Linear initialisation (kaiming_uniform with a=sqrt(5)),
+# so initial losses and search dynamics match the reference implementation.
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over (N, H, W) with optional affine parameters.
+
+  With `opts.track_running_stats=False` it always uses batch statistics and owns
+  no state (search). Otherwise it is Flax's BatchNorm with running averages in
+  'batch_stats', used when `train=False` (evaluation networks).
+  """
+  affine: bool
+  opts: OpOptions = OpOptions()
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    o = self.opts
+    if o.track_running_stats:
+      return nn.BatchNorm(use_running_average=not train, momentum=o.bn_momentum,
+                          epsilon=o.bn_epsilon, use_scale=self.affine,
+                          use_bias=self.affine, axis_name=o.bn_axis_name,
+                          dtype=o.dtype, name="bn")(x)
+    # Moments in float32 whatever the compute dtype: variances of bf16
+    # activations lose too many bits.
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=(0, 1, 2))
+    mean_sq = jnp.mean(jnp.square(xf), axis=(0, 1, 2))
+    if o.bn_axis_name is not None:
+      mean, mean_sq = lax.pmean((mean, mean_sq), o.bn_axis_name)
+    var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+    y = (xf - mean) * lax.rsqrt(var + o.bn_epsilon)
+    if self.affine:
+      C = x.shape[-1]
+      y = y * self.param("scale", nn.initializers.ones, (C,))
+      y = y + self.param("bias", nn.initializers.zeros, (C,))
+    return y.astype(x.dtype)
+
+
+def _conv(features, kernel, stride=1, padding=0, dilation=1, groups=1, *,
+          opts: OpOptions, name=None, use_bias=False):
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((padding, padding), (padding, padding)),
+                 kernel_dilation=(dilation, dilation), feature_group_count=groups,
+                 use_bias=use_bias, kernel_init=torch_default_init,
+                 dtype=opts.dtype, name=name)
+
+
+def depthwise_conv_shift(x, kernel, stride: int, padding: int, dilation: int):
+  """Depthwise convolution as a sum of k*k strided slices of the padded input.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (k, k, 1, C) kernel, the layout of `nn.Conv(feature_group_count=C)`.
+    stride, padding, dilation: as for a convolution (symmetric padding).
+
+  Returns:
+    (N, H_out, W_out, C) with H_out = (H + 2p - d(k - 1) - 1) // stride + 1.
+  """
+  k = kernel.shape[0]
+  N, H, W, C = x.shape
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  Ho = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  Wo = (W + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  kernel = kernel.astype(x.dtype)
+  out = None
+  for i in range(k):
+    for j in range(k):
+      r, c = i * dilation, j * dilation
+      patch = lax.slice(xp, (0, r, c, 0),
+                        (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
+                        (1, stride, stride, 1))
+      term = patch * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+def depthwise_conv_dense(x, kernel, stride: int, padding: int, dilation: int):
+  """Depthwise convolution as a dense convolution with a block-diagonal kernel.
+
+  C times the multiply-adds of a true depthwise convolution, but XLA:CPU runs
+  dense convolutions through its optimised library and grouped ones through a
+  slow generic loop, so at the small widths of CPU searches this is faster,
+  and it compiles as quickly as one convolution. Same arguments and result as
+  `depthwise_conv_shift`.
+  """
+  C = x.shape[-1]
+  full = kernel[:, :, 0, :][:, :, None, :] * jnp.eye(C, dtype=kernel.dtype)
+  return lax.conv_general_dilated(
+      x, full.astype(x.dtype), (stride, stride), ((padding, padding), (padding, padding)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class _KernelHolder(nn.Module):
+  """Owns a conv kernel at the path an `nn.Conv` would (`<name>/kernel`)."""
+  shape: Tuple[int, ...]
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", torch_default_init, self.shape)
+
+
+class DepthwiseConv(nn.Module):
+  """k x k depthwise convolution, no bias; parameters identical for both impls."""
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  dilation: int = 1
+  opts: OpOptions = OpOptions()
+
+  @nn.compact
+  def __call__(self, x):
+    C = x.shape[-1]
+    impl = resolve_depthwise(self.opts.depthwise, C)
+    x = x.astype(self.opts.dtype)
+    if impl == "xla":
+      return _conv(C, self.kernel_size, self.stride, self.padding, self.dilation,
+                   groups=C, opts=self.opts, name="conv")(x)
+    # Same parameter path and layout as the 'xla' branch, so checkpoints and
+    # tests can swap implementations freely.
+    kernel = _KernelHolder((self.kernel_size, self.kernel_size, 1, C), name="conv")()
+    if impl == "dense":
+      return depthwise_conv_dense(x, kernel, self.stride, self.padding, self.dilation)
+    return depthwise_conv_shift(x, kernel, self.stride, self.padding, self.dilation)
+
+
+class ReLUConvBN(nn.Module):
+  """ReLU -> k x k conv -> BN (the reference's ReLUConvBN)."""
+  C_out: int
+  kernel_size: int
+  stride: int
+  padding: int
+  affine: bool = True
+  opts: OpOptions = OpOptions()
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = nn.relu(x)
+    x = _conv(self.C_out, self.kernel_size, self.stride, self.padding,
+              opts=self.opts)(x)
+    return BatchNorm(self.affine, self.opts)(x, train)
+
+
+class DilConv(nn.Module):
+  """ReLU -> dilated depthwise conv -> 1x1 conv -> BN."""
+  C_out: int
+  kernel_size: int
+  stride: int
+  padding: int
+  dilation: int
+  affine: bool = True
+  opts: OpOptions = OpOptions()
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = nn.relu(x)
+    x = DepthwiseConv(self.kernel_size, self.stride, self.padding, self.dilation,
+                      self.opts)(x)
+    x = _conv(self.C_out, 1, opts=self.opts)(x)
+    return BatchNorm(self.affine, self.opts)(x, train)
+
+
+class SepConv(nn.Module):
+  """Two stacked DilConv(dilation=1): the first strided, the second keeping size."""
+  C_out: int
+  kernel_size: int
+  stride: int
+  padding: int
+  affine: bool = True
+  opts: OpOptions = OpOptions()
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    C_in = x.shape[-1]
+    x = DilConv(C_in, self.kernel_size, self.stride, self.padding, 1,
+                self.affine, self.opts)(x, train)
+    return DilConv(self.C_out, self.kernel_size, 1, self.padding, 1,
+                   self.affine, self.opts)(x, train)
+
+
+class FactorizedReduce(nn.Module):
+  """Halves the resolution with two offset 1x1 stride-2 convs, concatenated."""
+  C_out: int
+  affine: bool = True
+  opts: OpOptions = OpOptions()
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    if self.C_out % 2:
+      raise ValueError(f"FactorizedReduce needs an even C_out, got {self.C_out}.")
+    x = nn.relu(x)
+    a = _conv(self.C_out // 2, 1, 2, opts=self.opts)(x)
+    # The second path sees the input shifted by one pixel, so together the two
+    # paths cover every input position. Padding the shifted input at the far
+    # edge keeps odd sizes in step with the first path, as the reference does.
+    shifted = jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
+    b = _conv(self.C_out // 2, 1, 2, opts=self.opts)(shifted)
+    b = b[:, :a.shape[1], :a.shape[2], :]
+    return BatchNorm(self.affine, self.opts)(jnp.concatenate([a, b], -1), train)
+
+
+class Zero(nn.Module):
+  """The 'none' operation: zeros at the output resolution."""
+  stride: int = 1
+
+  def __call__(self, x, train: bool = True):
+    return jnp.zeros_like(x[:, ::self.stride, ::self.stride, :])
+
+
+class Identity(nn.Module):
+  def __call__(self, x, train: bool = True):
+    return x
+
+
+class Pool(nn.Module):
+  """3x3 max or average pooling with padding 1; average excludes the padding."""
+  kind: str
+  stride: int = 1
+  window: int = 3
+
+  def __call__(self, x, train: bool = True):
+    s, w, p = self.stride, self.window, self.window // 2
+    pad = ((p, p), (p, p))
+    if self.kind == "max":
+      return nn.max_pool(x, (w, w), strides=(s, s), padding=pad)
+    return nn.avg_pool(x, (w, w), strides=(s, s), padding=pad,
+                       count_include_pad=False)
+
+
+def _check_same_channels(name):
+  def wrap(factory):
+    def make(C, stride, affine, opts=OpOptions()):
+      if stride not in (1, 2):
+        raise ValueError(f"Operation {name!r}: stride must be 1 or 2, got {stride}.")
+      return factory(C, stride, affine, opts)
+    make.__doc__ = factory.__doc__
+    return make
+  return wrap
+
+
+def _register(name):
+  def deco(factory):
+    OPS.register(name, _check_same_channels(name)(factory))
+    return factory
+  return deco
+
+
+@_register("none")
+def _none(C, stride, affine, opts):
+  return Zero(stride)
+
+
+@_register("max_pool_3x3")
+def _max_pool(C, stride, affine, opts):
+  return Pool("max", stride)
+
+
+@_register("avg_pool_3x3")
+def _avg_pool(C, stride, affine, opts):
+  return Pool("avg", stride)
+
+
+@_register("skip_connect")
+def _skip(C, stride, affine, opts):
+  return Identity() if stride == 1 else FactorizedReduce(C, affine, opts)
+
+
+@_register("sep_conv_3x3")
+def _sep3(C, stride, affine, opts):
+  return SepConv(C, 3, stride, 1, affine, opts)
+
+
+@_register("sep_conv_5x5")
+def _sep5(C, stride, affine, opts):
+  return SepConv(C, 5, stride, 2, affine, opts)
+
+
+@_register("sep_conv_7x7")
+def _sep7(C, stride, affine, opts):
+  return SepConv(C, 7, stride, 3, affine, opts)
+
+
+@_register("dil_conv_3x3")
+def _dil3(C, stride, affine, opts):
+  return DilConv(C, 3, stride, 2, 2, affine, opts)
+
+
+@_register("dil_conv_5x5")
+def _dil5(C, stride, affine, opts):
+  return DilConv(C, 5, stride, 4, 2, affine, opts)
+
+
+class Conv7x1_1x7(nn.Module):
+  """ReLU -> 1x7 conv -> 7x1 conv -> BN (used by NASNet/AmoebaNet cells)."""
+  C_out: int
+  stride: int
+  affine: bool = True
+  opts: OpOptions = OpOptions()
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    s = self.stride
+    x = nn.relu(x)
+    x = nn.Conv(self.C_out, (1, 7), strides=(1, s), padding=((0, 0), (3, 3)),
+                use_bias=False, kernel_init=torch_default_init, dtype=self.opts.dtype)(x)
+    x = nn.Conv(self.C_out, (7, 1), strides=(s, 1), padding=((3, 3), (0, 0)),
+                use_bias=False, kernel_init=torch_default_init, dtype=self.opts.dtype)(x)
+    return BatchNorm(self.affine, self.opts)(x, train)
+
+
+@_register("conv_7x1_1x7")
+def _conv71(C, stride, affine, opts):
+  return Conv7x1_1x7(C, stride, affine, opts)
+
+
+def make_op(name: str, C: int, stride: int, affine: bool,
+            opts: OpOptions = OpOptions()) -> nn.Module:
+  """Builds the registered operation `name` mapping C channels to C channels.
+
+  Args:
+    name: a key of `OPS` (e.g. 'sep_conv_3x3').
+    C: input and output channels.
+    stride: 1, or 2 for operations of a reduction cell's first two inputs.
+    affine: whether BatchNorms have learnable scale and bias.
+    opts: options shared by the network's operations.
+
+  Returns:
+    A module mapping (N, H, W, C) -> (N, H / stride, W / stride, C).
+  """
+  return OPS.get(name)(C, stride, affine, opts)
+
+
+def count_params(tree) -> int:
+  """Total number of scalar entries in a pytree of arrays."""
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+__all__ = [
+    "OPS", "OpOptions", "BatchNorm", "DepthwiseConv", "ReLUConvBN", "DilConv",
+    "SepConv", "FactorizedReduce", "Zero", "Identity", "Pool", "make_op",
+    "depthwise_conv_shift", "depthwise_conv_dense", "resolve_depthwise", "count_params",
+]

@@ -1,0 +1,255 @@
+"""The DARTS convolutional search space (paper sec. 2.1, A.1.1).
+
+A supernet of `layers` cells (reduction cells at layers // 3 and 2 * layers // 3)
+whose every edge is a mixed operation over `PRIMITIVES`. The architecture is two
+arrays, `alphas = {'normal': (14, 8), 'reduce': (14, 8)}` for 4 intermediate
+nodes, passed to `apply` and never stored in the network.
+
+Reference layout (quark0/darts `cnn/model_search.py`), in NHWC:
+stem 3x3 conv to 3C + BN (affine, batch statistics) -> cells -> global average
+pool -> linear classifier. Cell inputs are preprocessed by ReLU-1x1conv-BN (or
+FactorizedReduce after a reduction cell); the cell output concatenates the
+last `multiplier` intermediate nodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Dict, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jdarts import genotypes as genotypes_lib
+from jdarts import mixing
+from jdarts import ops
+from jdarts.spaces import SPACES
+
+PRIMITIVES = genotypes_lib.PRIMITIVES
+
+
+def num_edges(steps: int) -> int:
+  """Edges of a cell with `steps` intermediate nodes: 2 + 3 + ... = 14 for 4."""
+  return sum(2 + i for i in range(steps))
+
+
+class MixedOp(nn.Module):
+  """Weighted sum of every candidate operation on one edge (paper eq. 2).
+
+  Called with x: (N, H, W, C) and weights: (num_ops,), returns
+  (N, H / stride, W / stride, C). 'none' contributes exactly zero, so it is not
+  computed; pooling is followed by a non-affine BN as in the reference.
+  """
+  C: int
+  stride: int
+  primitives: Sequence[str]
+  opts: ops.OpOptions
+
+  @nn.compact
+  def __call__(self, x, weights, train: bool = True):
+    out = 0.0
+    for k, name in enumerate(self.primitives):
+      if name == "none":
+        continue
+      y = ops.make_op(name, self.C, self.stride, False, self.opts)(x, train)
+      if "pool" in name:
+        y = ops.BatchNorm(False, self.opts)(y, train)
+      out = out + weights[k].astype(y.dtype) * y
+    if isinstance(out, float):  # every candidate is 'none'
+      out = jnp.zeros_like(x[:, ::self.stride, ::self.stride, :])
+    return out
+
+
+class SearchCell(nn.Module):
+  """A DARTS search cell: 2 inputs, `steps` nodes, output concat of the last ones.
+
+  Args (call): s0, s1: (N, H, W, C_pp) and (N, H', W', C_p) outputs of the two
+  previous cells; weights: (num_edges, num_ops) mixing weights.
+  Returns: (N, H'/s, W'/s, multiplier * C), s = 2 for a reduction cell.
+  """
+  C: int
+  reduction: bool
+  reduction_prev: bool
+  primitives: Sequence[str]
+  opts: ops.OpOptions
+  steps: int = 4
+  multiplier: int = 4
+
+  @nn.compact
+  def __call__(self, s0, s1, weights, train: bool = True):
+    if self.reduction_prev:
+      s0 = ops.FactorizedReduce(self.C, False, self.opts)(s0, train)
+    else:
+      s0 = ops.ReLUConvBN(self.C, 1, 1, 0, False, self.opts)(s0, train)
+    s1 = ops.ReLUConvBN(self.C, 1, 1, 0, False, self.opts)(s1, train)
+    states = [s0, s1]
+    offset = 0
+    for _ in range(self.steps):
+      node = 0.0
+      for j, h in enumerate(states):
+        stride = 2 if self.reduction and j < 2 else 1
+        node = node + MixedOp(self.C, stride, tuple(self.primitives), self.opts)(
+            h, weights[offset + j], train)
+      offset += len(states)
+      states.append(node)
+    return jnp.concatenate(states[-self.multiplier:], axis=-1)
+
+
+class Network(nn.Module):
+  """The DARTS search supernet: (N, H, W, C_in) images -> (N, num_classes) logits."""
+  C: int = 16
+  num_classes: int = 10
+  layers: int = 8
+  steps: int = 4
+  multiplier: int = 4
+  stem_multiplier: int = 3
+  primitives: Sequence[str] = PRIMITIVES
+  mixing: str = "softmax"
+  remat: bool = False
+  opts: ops.OpOptions = ops.OpOptions()
+
+  @nn.compact
+  def __call__(self, x, alphas: Dict[str, jnp.ndarray], train: bool = True):
+    opts = self.opts
+    x = x.astype(opts.dtype)
+    C_curr = self.stem_multiplier * self.C
+    # The reference's stem BN keeps its affine parameters even during search.
+    s = ops._conv(C_curr, 3, 1, 1, opts=opts, name="stem_conv")(x)
+    s = ops.BatchNorm(True, opts, name="stem_bn")(s, train)
+    s0 = s1 = s
+    w_normal = mixing.mix(self.mixing, alphas["normal"])
+    w_reduce = mixing.mix(self.mixing, alphas["reduce"])
+    cell_cls = nn.remat(SearchCell, static_argnums=(4,)) if self.remat else SearchCell
+    C_curr = self.C
+    reduction_prev = False
+    for i in range(self.layers):
+      reduction = i in (self.layers // 3, 2 * self.layers // 3)
+      if reduction:
+        C_curr *= 2
+      cell = cell_cls(C_curr, reduction, reduction_prev, tuple(self.primitives),
+                      opts, self.steps, self.multiplier, name=f"cell_{i}")
+      s0, s1 = s1, cell(s0, s1, w_reduce if reduction else w_normal, train)
+      reduction_prev = reduction
+    out = jnp.mean(s1.astype(jnp.float32), axis=(1, 2))
+    return nn.Dense(self.num_classes, kernel_init=ops.torch_default_init,
+                    bias_init=_torch_bias_init(out.shape[-1]), name="classifier")(out)
+
+
+def _torch_bias_init(fan_in):
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def cross_entropy(logits, labels, mask=None, label_smoothing: float = 0.0):
+  """Mean cross-entropy and accuracy of (N, K) logits against (N,) int labels.
+
+  Rows with mask 0 (padding in evaluation batches) are left out. Returns
+  (loss, aux) with aux = {'loss', 'accuracy', 'count'} as float32 scalars.
+  """
+  num_classes = logits.shape[-1]
+  onehot = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    onehot = optax.smooth_labels(onehot, label_smoothing)
+  per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  if mask is None:
+    mask = jnp.ones_like(per_example)
+  count = jnp.maximum(jnp.sum(mask), 1.0)
+  loss = jnp.sum(per_example * mask) / count
+  acc = jnp.sum(correct * mask) / count
+  return loss, {"loss": loss, "accuracy": acc, "count": jnp.sum(mask)}
+
+
+@dataclasses.dataclass
+class DartsCNNSpace:
+  """The DARTS CNN search space bound to a config (see `from_config`).
+
+  Attributes:
+    network: the Flax supernet.
+    steps, multiplier: cell shape (4 nodes, concat of 4 in the paper).
+    primitives: candidate operation names, in alpha column order.
+    alpha_init_scale: std of the alphas' initial noise (0: zeros, as the paper).
+  """
+  network: Network
+  steps: int = 4
+  multiplier: int = 4
+  primitives: Sequence[str] = PRIMITIVES
+  alpha_init_scale: float = 0.0
+  name: str = "darts_cnn"
+
+  @property
+  def alpha_shape(self):
+    return (num_edges(self.steps), len(self.primitives))
+
+  def init(self, rng, batch) -> Dict[str, Any]:
+    """Initial weights; `batch['image']`: (N, H, W, C) sets the input shape."""
+    alphas = self.init_alphas(jax.random.PRNGKey(0))
+    return self.network.init(rng, batch["image"], alphas)["params"]
+
+  def init_alphas(self, rng) -> Dict[str, jnp.ndarray]:
+    """{'normal', 'reduce'}: (num_edges, num_ops) arrays, zeros or small noise."""
+    k1, k2 = jax.random.split(rng)
+    shape, s = self.alpha_shape, self.alpha_init_scale
+    return {"normal": s * jax.random.normal(k1, shape),
+            "reduce": s * jax.random.normal(k2, shape)}
+
+  def apply(self, params, alphas, batch, train: bool = True):
+    """(N, H, W, C) images in `batch['image']` -> (N, num_classes) logits."""
+    self.check_alphas(alphas)
+    return self.network.apply({"params": params}, batch["image"], alphas, train)
+
+  def loss(self, params, alphas, batch):
+    """Cross-entropy of the supernet on `batch`; returns (loss, aux)."""
+    logits = self.apply(params, alphas, batch)
+    return cross_entropy(logits, batch["label"], batch.get("mask"))
+
+  def check_alphas(self, alphas):
+    for key in ("normal", "reduce"):
+      if key not in alphas:
+        raise ValueError(f"alphas must have keys 'normal' and 'reduce'; got {sorted(alphas)}.")
+      if tuple(alphas[key].shape) != self.alpha_shape:
+        raise ValueError(f"alphas[{key!r}] has shape {tuple(alphas[key].shape)}; this "
+                         f"space needs {self.alpha_shape} (edges, operations).")
+
+  def derive(self, alphas):
+    """The discrete genotype of paper sec. 2.4 for the given alphas."""
+    return genotypes_lib.derive(np.asarray(alphas["normal"]), np.asarray(alphas["reduce"]),
+                                tuple(self.primitives), steps=self.steps,
+                                multiplier=self.multiplier)
+
+  def genotype_json(self, genotype) -> Dict[str, Any]:
+    return genotypes_lib.genotype_to_json(genotype)
+
+  def format_genotype(self, genotype) -> str:
+    return genotypes_lib.format_genotype(genotype)
+
+
+@SPACES.register("darts_cnn")
+def from_config(cfg) -> DartsCNNSpace:
+  """Builds the space from a `config.model`-like mapping.
+
+  Keys: init_channels (C), layers, num_classes, steps, multiplier,
+  stem_multiplier, primitives, mixing, alpha_init_scale, depthwise, remat,
+  dtype ('float32' | 'bfloat16'), bn_axis_name.
+  """
+  get = lambda k, d: cfg.get(k, d) if hasattr(cfg, "get") else getattr(cfg, k, d)
+  primitives = tuple(get("primitives", PRIMITIVES))
+  for p in primitives:
+    ops.OPS.get(p)  # fails early, with the list of known operations
+  opts = ops.OpOptions(depthwise=get("depthwise", "auto"),
+                       bn_axis_name=get("bn_axis_name", None),
+                       dtype=jnp.dtype(get("dtype", "float32")))
+  steps, multiplier = get("steps", 4), get("multiplier", 4)
+  net = Network(C=get("init_channels", 16), num_classes=get("num_classes", 10),
+                layers=get("layers", 8), steps=steps, multiplier=multiplier,
+                stem_multiplier=get("stem_multiplier", 3), primitives=primitives,
+                mixing=get("mixing", "softmax"), remat=get("remat", False), opts=opts)
+  mixing.MIXINGS.get(net.mixing)
+  return DartsCNNSpace(net, steps, multiplier, primitives,
+                       get("alpha_init_scale", 0.0))
