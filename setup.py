@@ -30,5 +30,5 @@ setuptools.setup(
         "viz": ["matplotlib>=3.7"],
         "test": ["pytest>=7", "matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": ["jdarts=jdarts.cli:main"]},
+    entry_points={"console_scripts": ["jdarts=jdarts.cli:entry"]},
 )

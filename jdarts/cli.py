@@ -1,0 +1,99 @@
+"""The `jdarts` command: parses flags and calls into the library.
+
+    jdarts search --config=configs/quickstart.py --workdir=runs/quickstart \
+        [--config.key=value ...]
+
+Commands: `search` (architecture search). Errors a user can fix (bad config
+key or value, missing dataset, bad workdir) print one line and exit with 2.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import List, Optional
+
+COMMANDS = ("search",)
+
+USAGE = """usage: jdarts COMMAND --config=configs/NAME.py[:variant] --workdir=DIR [--config.key=value ...]
+
+commands:
+  search   run an architecture search; writes DIR/genotype.json, DIR/alphas.json,
+           DIR/metrics.jsonl, DIR/summary.json and DIR/config.json
+
+example:
+  jdarts search --config=configs/quickstart.py --workdir=runs/quickstart
+"""
+
+
+class UsageError(Exception):
+  pass
+
+
+def _parse(argv: List[str]):
+  """Parses `--config`/`--workdir` flags with ml_collections config flags."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                  flag_values=fv, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.",
+                      flag_values=fv)
+  try:
+    fv(["jdarts"] + argv)
+  except flags.Error as e:
+    raise UsageError(_one_line(e)) from None
+  except (KeyError, AttributeError, ValueError, TypeError) as e:
+    # ml_collections reports unknown override keys and type mismatches this way.
+    raise UsageError(f"bad --config override: {_one_line(e)}") from None
+  if fv.config is None:
+    raise UsageError("--config is required, e.g. --config=configs/quickstart.py.")
+  if not fv.workdir:
+    raise UsageError("--workdir is required, e.g. --workdir=runs/quickstart.")
+  return fv.config, fv.workdir
+
+
+def _one_line(e: BaseException) -> str:
+  msg = str(e).strip().strip('"').replace("\n", " ")
+  return msg[:500] if msg else type(e).__name__
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  """Entry point of the `jdarts` console script; returns the exit status."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE)
+    return 0 if argv else 2
+  command, rest = argv[0], argv[1:]
+  if command not in COMMANDS:
+    print(f"jdarts: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.",
+          file=sys.stderr)
+    return 2
+  handler = logging.StreamHandler()
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+  logger = logging.getLogger("jdarts")
+  if not logger.handlers:
+    logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  from jdarts import config_lib
+  from jdarts.data import DatasetNotFoundError
+  try:
+    config, workdir = _parse(rest)
+    if command == "search":
+      from jdarts import search_loop
+      search_loop.run(config, workdir)
+  except (UsageError, config_lib.ConfigError, DatasetNotFoundError) as e:
+    print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+  except KeyError as e:  # registry lookups: unknown operation / space / dataset
+    print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+  return 0
+
+
+def entry() -> None:
+  sys.exit(main())
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,95 @@
+"""Config defaults and validation shared by every search config.
+
+Configs are code: `configs/<experiment>.py` defines `get_config()` starting
+from `search_defaults()` and changing what its paper section says. `validate`
+checks a resolved config up front and raises `ConfigError` with one line that
+names the bad key and the fix.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+def search_defaults() -> ml_collections.ConfigDict:
+  """DARTS CNN search on CIFAR-10 with the paper's settings (paper A.1.1).
+
+  Values taken from the reference code (quark0/darts cnn/train_search.py)
+  where the paper is silent are marked so.
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 2                      # reference default --seed
+  c.space = "darts_cnn"
+  c.model = ml_collections.ConfigDict(dict(
+      init_channels=16,           # A.1.1: "initial number of channels 16"
+      layers=8,                   # A.1.1: "a small network of 8 cells"
+      steps=4, multiplier=4, stem_multiplier=3,  # sec. 2.1 / reference
+      mixing="softmax",           # eq. 2
+      alpha_init_scale=0.0,       # A.1.1: "zero initialization"; reference uses 1e-3
+      depthwise="auto",           # see jdarts.ops
+      remat=False, dtype="float32"))
+  c.data = ml_collections.ConfigDict(dict(
+      name="cifar10", data_dir="",
+      train_portion=0.5,          # A.1.1: "hold out half of the training data"
+      augment=True, cutout=0,     # reference search: crop + flip, no cutout
+      test_split="test"))
+  c.batch_size = 64               # A.1.1: "batch size 64 (for both ...)"
+  c.epochs = 50                   # A.1.1: "for 50 epochs"
+  c.max_steps = 0                 # 0: no limit; >0 stops early with the same outputs
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=0.025,        # A.1.1: eta_w = 0.025
+      learning_rate_min=0.001,    # reference --learning_rate_min; the paper anneals to 0
+      schedule="cosine_by_epoch", # A.1.1: cosine without restart (reference: per epoch)
+      momentum=0.9, weight_decay=3e-4,  # A.1.1
+      grad_clip=5.0))             # reference --grad_clip
+  c.arch = ml_collections.ConfigDict(dict(
+      method="first_order",       # DARTS (1st order); 'unrolled'/'exact_hvp' for 2nd
+      learning_rate=3e-4,         # A.1.1: eta_alpha = 3e-4
+      b1=0.5, b2=0.999,           # A.1.1: beta = (0.5, 0.999)
+      weight_decay=1e-3,          # A.1.1
+      xi=-1.0,                    # <0: the weights' current learning rate (footnote 1)
+      virtual_step="optimizer",   # 'optimizer': the real optax step; 'sgd': w - xi g
+      fd_eps=0.01,                # eq. 8: eps = 0.01 / ||grad||
+      neumann_terms=20, neumann_lr=0.0,  # 0: use xi
+      cg_iters=20, cg_damping=0.0,
+      fuse_first_order=True))
+  c.log_every = 10
+  c.progress = True
+  c.compilation_cache_dir = "~/.cache/jdarts/xla"
+  return c
+
+
+def validate(c) -> None:
+  """Raises ConfigError naming the first impossible setting of a search config."""
+  from jdarts import hypergrad, spaces
+  from jdarts import data as data_lib
+
+  def need(ok, msg):
+    if not ok:
+      raise ConfigError(msg)
+
+  need(c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}.")
+  need(c.epochs > 0, f"epochs must be positive, got {c.epochs}.")
+  need(c.max_steps >= 0, f"max_steps must be >= 0 (0: no limit), got {c.max_steps}.")
+  need(c.log_every > 0, f"log_every must be positive, got {c.log_every}.")
+  need(0.0 < c.data.train_portion < 1.0,
+       f"data.train_portion must be in (0, 1), got {c.data.train_portion}.")
+  need(c.arch.method in hypergrad.METHODS,
+       f"arch.method={c.arch.method!r} is unknown; choose one of "
+       f"{', '.join(hypergrad.METHODS)}.")
+  need(c.arch.virtual_step in ("optimizer", "sgd"),
+       f"arch.virtual_step must be 'optimizer' or 'sgd', got {c.arch.virtual_step!r}.")
+  from jdarts.spaces import darts_cnn  # noqa: F401  (registers the built-in space)
+  need(c.space in spaces.SPACES, f"space={c.space!r} is unknown; choose one of "
+       f"{', '.join(spaces.SPACES.names())}.")
+  need(c.data.name in data_lib.DATASETS, f"data.name={c.data.name!r} is unknown; choose "
+       f"one of {', '.join(sorted(data_lib.DATASETS))}.")
+  from jdarts import ops
+  for p in c.model.get("primitives", ()) or ():
+    need(p in ops.OPS, f"model.primitives has unknown operation {p!r}; known: "
+         f"{', '.join(ops.OPS.names())}.")
+  need(c.model.depthwise in ops.DEPTHWISE_IMPLS, f"model.depthwise={c.model.depthwise!r}; "
+       f"choose one of {ops.DEPTHWISE_IMPLS}.")
