@@ -35,8 +35,11 @@ def _parse(argv: List[str]):
   from ml_collections import config_flags
 
   fv = flags.FlagValues()
+  # sys_argv: config_flags finds the --config.key overrides to define in it;
+  # by default it reads sys.argv, which is wrong when main() gets its own argv.
   config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True,
+                                  sys_argv=["jdarts"] + argv)
   flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.",
                       flag_values=fv)
   try:
@@ -51,6 +54,21 @@ def _parse(argv: List[str]):
   if not fv.workdir:
     raise UsageError("--workdir is required, e.g. --workdir=runs/quickstart.")
   return fv.config, fv.workdir
+
+
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever sys.stderr is now (it may be replaced, e.g. by tests)."""
+
+  def __init__(self):
+    super().__init__(sys.stderr)
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, _):
+    pass
 
 
 def _one_line(e: BaseException) -> str:
@@ -69,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"jdarts: unknown command {command!r}; choose one of {', '.join(COMMANDS)}.",
           file=sys.stderr)
     return 2
-  handler = logging.StreamHandler()
+  handler = _StderrHandler()
   handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
   logger = logging.getLogger("jdarts")
   if not logger.handlers:

@@ -27,6 +27,9 @@ def search_defaults() -> ml_collections.ConfigDict:
       init_channels=16,           # A.1.1: "initial number of channels 16"
       layers=8,                   # A.1.1: "a small network of 8 cells"
       steps=4, multiplier=4, stem_multiplier=3,  # sec. 2.1 / reference
+      primitives=("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                  "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+                  "dil_conv_5x5"),  # sec. 2.1 (the reference's PRIMITIVES)
       mixing="softmax",           # eq. 2
       alpha_init_scale=0.0,       # A.1.1: "zero initialization"; reference uses 1e-3
       depthwise="auto",           # see jdarts.ops

@@ -112,9 +112,9 @@ class BatchNorm(nn.Module):
                           epsilon=o.bn_epsilon, use_scale=self.affine,
                           use_bias=self.affine, axis_name=o.bn_axis_name,
                           dtype=o.dtype, name="bn")(x)
-    # Moments in float32 whatever the compute dtype: variances of bf16
-    # activations lose too many bits.
-    xf = x.astype(jnp.float32)
+    # Moments in at least float32: variances of bf16 activations lose too many
+    # bits. float64 stays float64, so exactness checks in x64 hold.
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     mean = jnp.mean(xf, axis=(0, 1, 2))
     mean_sq = jnp.mean(jnp.square(xf), axis=(0, 1, 2))
     if o.bn_axis_name is not None:

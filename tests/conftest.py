@@ -4,3 +4,18 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import pytest  # noqa: E402  (after XLA_FLAGS, which must precede any jax import)
+
+
+@pytest.fixture
+def x64():
+  """Float64 for this test only; restores the previous setting afterwards."""
+  import jax
+  prev = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_x64", prev)

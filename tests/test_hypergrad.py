@@ -20,17 +20,6 @@ from jdarts import hypergrad
 from jdarts.hypergrad import arch_grad
 
 
-@pytest.fixture
-def x64():
-  """Float64 for this test only; restores the previous setting afterwards."""
-  prev = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_enable_x64", prev)
-
-
 def _flat(tree):
   return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
 

@@ -396,7 +396,7 @@ def load_tfds(tfds_name: str, split: str, data_dir: Optional[str], *,
     readable, formats = _tfds_prepared_formats(where, tfds_name)
     if readable:  # The data is there: a genuine error (e.g. a bad split).
       raise
-    logger.info("tfds.data_source(%r) failed: %s", tfds_name, e)
+    logger.debug("tfds.data_source(%r) failed: %s", tfds_name, e)
     build = (f"`tfds build {tfds_name} --data_dir={where} "
              "--file_format=array_record` (needs tensorflow)")
     if formats:

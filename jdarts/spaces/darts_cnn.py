@@ -133,7 +133,7 @@ class Network(nn.Module):
                       opts, self.steps, self.multiplier, name=f"cell_{i}")
       s0, s1 = s1, cell(s0, s1, w_reduce if reduction else w_normal, train)
       reduction_prev = reduction
-    out = jnp.mean(s1.astype(jnp.float32), axis=(1, 2))
+    out = jnp.mean(s1.astype(jnp.promote_types(s1.dtype, jnp.float32)), axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=ops.torch_default_init,
                     bias_init=_torch_bias_init(out.shape[-1]), name="classifier")(out)
 
@@ -156,8 +156,9 @@ def cross_entropy(logits, labels, mask=None, label_smoothing: float = 0.0):
   onehot = jax.nn.one_hot(labels, num_classes)
   if label_smoothing:
     onehot = optax.smooth_labels(onehot, label_smoothing)
-  per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  per_example = optax.softmax_cross_entropy(logits, onehot)
+  correct = (jnp.argmax(logits, -1) == labels).astype(logits.dtype)
   if mask is None:
     mask = jnp.ones_like(per_example)
   count = jnp.maximum(jnp.sum(mask), 1.0)

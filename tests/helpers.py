@@ -1,0 +1,31 @@
+"""Tiny search-space configs shared by the tests (small graphs compile fast on CPU)."""
+import ml_collections
+
+from jdarts import config_lib
+
+TINY_PRIMITIVES = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
+
+
+def tiny_model(**overrides):
+  """A 3-cell supernet (normal, reduce, reduce) of 1-node cells, 4 ops, 4 channels."""
+  m = dict(init_channels=4, layers=3, steps=1, multiplier=1, stem_multiplier=1,
+           primitives=TINY_PRIMITIVES)
+  m.update(overrides)
+  return m
+
+
+def tiny_search_config(tmp_cache: str = "", **overrides) -> ml_collections.ConfigDict:
+  """A quickstart-like search on 8x8 digits that compiles in seconds."""
+  c = config_lib.search_defaults()
+  c.data.name = "digits"
+  c.data.test_split = "test"
+  c.model.update(tiny_model())
+  c.batch_size = 8
+  c.epochs = 1
+  c.max_steps = 3
+  c.log_every = 1
+  c.progress = False
+  c.compilation_cache_dir = tmp_cache
+  c.arch.learning_rate = 3e-2
+  c.update(overrides)
+  return c
