@@ -191,7 +191,10 @@ class DartsCNNSpace:
   def init(self, rng, batch) -> Dict[str, Any]:
     """Initial weights; `batch['image']`: (N, H, W, C) sets the input shape."""
     alphas = self.init_alphas(jax.random.PRNGKey(0))
-    return self.network.init(rng, batch["image"], alphas)["params"]
+    # Initialisation runs outside any device map, where a BatchNorm axis name
+    # is unbound; the parameters do not depend on it.
+    net = self.network.clone(opts=dataclasses.replace(self.network.opts, bn_axis_name=None))
+    return net.init(rng, batch["image"], alphas)["params"]
 
   def init_alphas(self, rng) -> Dict[str, jnp.ndarray]:
     """{'normal', 'reduce'}: (num_edges, num_ops) arrays, zeros or small noise."""
