@@ -12,12 +12,21 @@ import logging
 import sys
 from typing import List, Optional
 
-COMMANDS = ("search",)
+COMMANDS = ("search", "hypergrad", "summary", "train")
 
 USAGE = """usage: jdarts COMMAND --config=configs/NAME.py[:variant] --workdir=DIR [--config.key=value ...]
 
 commands:
   search   run an architecture search; writes DIR/genotype.json, DIR/alphas.json,
+           DIR/metrics.jsonl, DIR/summary.json and DIR/config.json
+  hypergrad
+           compare the architecture-gradient estimators on the search state (or the
+           latest checkpoint in DIR/checkpoints): prints a table, writes
+           DIR/hypergrad.json, DIR/fd_sweep.csv and DIR/fd_sweep.png (--workdir optional)
+  summary  parameters and multiply-adds of a config's network for one image
+           (no --workdir; --json prints one JSON object; train configs take
+           --config.genotype=NAME|genotype.json|search workdir)
+  train    train a genotype's network from scratch (configs/train_*.py); writes
            DIR/metrics.jsonl, DIR/summary.json and DIR/config.json
 
 example:
@@ -29,7 +38,7 @@ class UsageError(Exception):
   pass
 
 
-def _parse(argv: List[str]):
+def _parse(argv: List[str], require_workdir: bool = True):
   """Parses `--config`/`--workdir` flags with ml_collections config flags."""
   from absl import flags
   from ml_collections import config_flags
@@ -51,7 +60,7 @@ def _parse(argv: List[str]):
     raise UsageError(f"bad --config override: {_one_line(e)}") from None
   if fv.config is None:
     raise UsageError("--config is required, e.g. --config=configs/quickstart.py.")
-  if not fv.workdir:
+  if not fv.workdir and require_workdir:
     raise UsageError("--workdir is required, e.g. --workdir=runs/quickstart.")
   return fv.config, fv.workdir
 
@@ -93,14 +102,37 @@ def main(argv: Optional[List[str]] = None) -> int:
   if not logger.handlers:
     logger.addHandler(handler)
   logger.setLevel(logging.INFO)
+  logger.propagate = False  # absl's root handler would print every line twice
   from jdarts import config_lib
   from jdarts.data import DatasetNotFoundError
+  from jdarts.checkpoint import CheckpointCorruptError, CheckpointMismatchError
   try:
-    config, workdir = _parse(rest)
+    as_json = command == "summary" and "--json" in rest
+    if command == "summary":
+      rest = [a for a in rest if a != "--json"]
+    config, workdir = _parse(rest, require_workdir=command not in ("hypergrad", "summary"))
     if command == "search":
-      from jdarts import search_loop
-      search_loop.run(config, workdir)
-  except (UsageError, config_lib.ConfigError, DatasetNotFoundError) as e:
+      from jdarts import parallel, search_loop
+      parallel.maybe_initialize_distributed()
+      try:
+        search_loop.run(config, workdir)
+      except search_loop.Preempted as e:
+        print(f"jdarts {command}: {e}", file=sys.stderr)
+        return 128 + (e.signum or 15)  # the shell's convention for a signalled process
+      except search_loop.NonFiniteLossError as e:
+        print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    elif command == "hypergrad":
+      from jdarts import hypergrad_report
+      hypergrad_report.run(config, workdir)
+    elif command == "summary":
+      from jdarts import summary
+      print(summary.run(config, as_json=as_json))
+    elif command == "train":
+      from jdarts import train
+      train.run(config, workdir)
+  except (UsageError, config_lib.ConfigError, DatasetNotFoundError,
+          CheckpointMismatchError, CheckpointCorruptError) as e:
     print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
     return 2
   except KeyError as e:  # registry lookups: unknown operation / space / dataset

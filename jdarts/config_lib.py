@@ -59,9 +59,19 @@ def search_defaults() -> ml_collections.ConfigDict:
       neumann_terms=20, neumann_lr=0.0,  # 0: use xi
       cg_iters=20, cg_damping=0.0,
       fuse_first_order=True))
+  c.parallel = ml_collections.ConfigDict(dict(
+      backend="pmap",             # 'pmap' | 'shard_map' | 'none' (see jdarts.parallel)
+      num_devices=0,              # 0: every local device; the global batch is split
+      cross_replica_bn=True))     # BN moments over the global batch (False: ghost BN)
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      enabled=True,               # workdir/checkpoints; a rerun in the workdir resumes
+      every_steps=0,              # 0: at the end of every epoch
+      keep=3,                     # the last K checkpoints are kept
+      async_save=False))
   c.log_every = 10
   c.progress = True
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
+  c.hypergrad = hypergrad_defaults()  # `jdarts hypergrad` (jdarts.hypergrad_report)
   return c
 
 
@@ -85,6 +95,12 @@ def validate(c) -> None:
        f"{', '.join(hypergrad.METHODS)}.")
   need(c.arch.virtual_step in ("optimizer", "sgd"),
        f"arch.virtual_step must be 'optimizer' or 'sgd', got {c.arch.virtual_step!r}.")
+  from jdarts import parallel
+  need(c.parallel.backend in parallel.BACKENDS, f"parallel.backend="
+       f"{c.parallel.backend!r} is unknown; choose one of {parallel.BACKENDS}.")
+  need(c.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0: every "
+       f"epoch), got {c.checkpoint.every_steps}.")
+  need(c.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {c.checkpoint.keep}.")
   from jdarts.spaces import darts_cnn  # noqa: F401  (registers the built-in space)
   need(c.space in spaces.SPACES, f"space={c.space!r} is unknown; choose one of "
        f"{', '.join(spaces.SPACES.names())}.")
@@ -96,3 +112,20 @@ def validate(c) -> None:
          f"{', '.join(ops.OPS.names())}.")
   need(c.model.depthwise in ops.DEPTHWISE_IMPLS, f"model.depthwise={c.model.depthwise!r}; "
        f"choose one of {ops.DEPTHWISE_IMPLS}.")
+
+
+def hypergrad_defaults() -> ml_collections.ConfigDict:
+  """Settings of `jdarts hypergrad` (estimator comparison and eps sweep).
+
+  The estimators' own settings (xi, virtual_step, fd_eps, Neumann/CG) are the
+  config's `arch` block, so the comparison runs what the search would run.
+  """
+  return ml_collections.ConfigDict(dict(
+      methods=("first_order", "unrolled", "exact_hvp", "finite_difference",
+               "single_level", "implicit_neumann", "implicit_cg"),  # hypergrad.METHODS
+      reference="unrolled",       # compared against; autodiff through the virtual step
+      repeats=5,                  # timed calls per method (median reported)
+      fd_sweep=True,              # error of eq. 8 over eps
+      fd_reference="exact_hvp",   # 'exact_hvp' | 'unrolled'
+      fd_eps_max=1.0, fd_eps_min=1e-10, fd_eps_num=21,  # log grid, 2 per decade
+      float64=False))             # run the sweep in float64 (model.dtype too)

@@ -14,10 +14,17 @@ the caller passes and receives *global* values:
 
 All three give the same numbers for the same global batch (tests/test_parallel.py),
 because every statistic is averaged over the whole global batch.
+
+Multi-host: `maybe_initialize_distributed()` is the one place that starts
+`jax.distributed`, driven by the environment (explicit JDARTS_* variables,
+SLURM, Open MPI, TPU pods); see `distributed_args_from_env`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import logging
+import os
+import re
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -44,28 +51,39 @@ class ParallelStep:
     devices: devices to use (default: all local devices; 'none' uses one).
     axis_name: the collective axis name the step was built with.
     donate: donate the state buffers to the step (halves peak state memory).
+    num_batches: how many batch arguments follow the state (2 for the search
+      step's train and val batches, 1 for a training step).
   """
 
   def __init__(self, per_device_step: Callable, *, backend: str = "pmap",
                devices: Optional[Sequence[Any]] = None, axis_name: str = AXIS,
-               donate: bool = True):
+               donate: bool = True, num_batches: int = 2):
     if backend not in BACKENDS:
       raise ValueError(f"parallel.backend={backend!r} is unknown; choose one of {BACKENDS}.")
     self.backend = backend
+    # Several processes (multi-host): every global device takes part, each
+    # process feeds its local devices with its own rows of the global batch.
+    self.multi_process = jax.process_count() > 1 and backend != "none"
+    if self.multi_process and devices is not None:
+      raise ValueError("with several processes every device takes part; do not pass "
+                       "devices (use --config.parallel.num_devices=0).")
     self.devices = list(devices) if devices is not None else jax.local_devices()
     if backend == "none":
       self.devices = self.devices[:1]
-    self.num_devices = len(self.devices)
+    self.num_devices = len(self.devices)  # local devices of this process
     donate_args = (0,) if donate else ()
     if backend == "pmap":
-      self._fn = jax.pmap(per_device_step, axis_name=axis_name, devices=self.devices,
+      # devices=None under several processes: pmap then spans all processes.
+      self._fn = jax.pmap(per_device_step, axis_name=axis_name,
+                          devices=None if self.multi_process else self.devices,
                           donate_argnums=donate_args)
     elif backend == "shard_map":
-      self.mesh = Mesh(np.asarray(self.devices), (axis_name,))
+      mesh_devices = jax.devices() if self.multi_process else self.devices
+      self.mesh = Mesh(np.asarray(mesh_devices), (axis_name,))
       # check_vma=False: gradients w.r.t. the replicated state are then per-device
       # values that the step averages itself, exactly as under pmap.
       mapped = jax.shard_map(per_device_step, mesh=self.mesh,
-                             in_specs=(P(), P(axis_name), P(axis_name)),
+                             in_specs=(P(),) + (P(axis_name),) * num_batches,
                              out_specs=(P(), P()), check_vma=False)
       self._fn = jax.jit(mapped, donate_argnums=donate_args)
       self._replicated = NamedSharding(self.mesh, P())
@@ -81,19 +99,35 @@ class ParallelStep:
       stacked = jax.tree_util.tree_map(
           lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
       # An identity pmap places slice i on device i, as the step's outputs are.
-      return jax.pmap(lambda x: x, devices=self.devices)(stacked)
+      return jax.pmap(lambda x: x, devices=None if self.multi_process else self.devices
+                      )(stacked)
     if self.backend == "shard_map":
+      if self.multi_process:
+        def replicate(x):
+          x = np.asarray(x)
+          return jax.make_array_from_callback(x.shape, self._replicated, lambda i: x[i])
+        return jax.tree_util.tree_map(replicate, state)
       return jax.device_put(state, self._replicated)
     return jax.device_put(state, self.devices[0])
 
   def get_state(self, state):
-    """The global state (one copy) from what the step returns."""
+    """The global state (one copy, on this process's first device) from the step's."""
     if self.backend == "pmap":
-      return jax.tree_util.tree_map(lambda x: x[0], state)
+      # The copy on this process's first device: x[0] would need device 0,
+      # which another process owns under multi-host.
+      return jax.tree_util.tree_map(
+          lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), state)
+    if self.multi_process:
+      return jax.tree_util.tree_map(lambda x: x.addressable_shards[0].data, state)
     return state
 
   def put_batch(self, batch):
-    """Splits a global batch (leading axis B) across the devices."""
+    """Splits a batch across the local devices.
+
+    Args:
+      batch: pytree of arrays with leading axis B: the global batch, or with
+        several processes this process's B / process_count rows of it.
+    """
     n = self.num_devices
     if self.backend == "pmap":
       def split(x):
@@ -104,15 +138,166 @@ class ParallelStep:
     if self.backend == "shard_map":
       for x in jax.tree_util.tree_leaves(batch):
         check_divisible(np.shape(x)[0], n)
+      if self.multi_process:
+        # `batch` holds this process's rows; together they form the global batch.
+        return jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_process_local_data(self._split, np.asarray(x)),
+            batch)
       return jax.device_put(batch, self._split)
     return batch
 
   def get_metrics(self, metrics):
     """Metrics as one value each (they are averaged over devices inside the step)."""
-    if self.backend == "pmap":
-      return jax.tree_util.tree_map(lambda x: x[0], metrics)
+    if self.backend == "pmap" or self.multi_process:
+      return self.get_state(metrics)
     return metrics
 
   def __call__(self, state, *batches):
     """Runs one step on placed state and global batches."""
     return self._fn(state, *[self.put_batch(b) for b in batches])
+
+
+# Multi-host initialisation --------------------------------------------------
+log = logging.getLogger(__name__)
+
+_EXPLICIT = ("JDARTS_COORDINATOR", "JDARTS_NUM_PROCESSES", "JDARTS_PROCESS_ID")
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int:
+  value = env[name]
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{name}={value!r} is not an integer.") from None
+
+
+def distributed_args_from_env(env: Mapping[str, str]) -> Optional[Dict[str, Any]]:
+  """Decides from environment variables whether and how to start `jax.distributed`.
+
+  Checked in this order; the first that applies wins:
+
+  1. `JDARTS_DISTRIBUTED=0`: never (single process, even under SLURM).
+  2. `JDARTS_COORDINATOR` (host:port of process 0), `JDARTS_NUM_PROCESSES`,
+     `JDARTS_PROCESS_ID`: explicit; all three are required once any is set.
+     Optional `JDARTS_LOCAL_DEVICE_IDS` ("0,1") restricts this process's devices.
+  3. `JDARTS_DISTRIBUTED=1`: JAX's own cluster auto-detection (TPU VM pods,
+     SLURM, Open MPI, Kubernetes).
+  4. SLURM, `SLURM_JOB_ID` with more than one task (`SLURM_STEP_NUM_TASKS`,
+     else `SLURM_NTASKS`): JAX's SLURM detection
+     (coordinator: first node of `SLURM_STEP_NODELIST`, port from the job id or
+     `JAX_COORDINATOR_PORT`; one GPU per task via `SLURM_LOCALID`). Needs the
+     variables that `srun` sets.
+  5. Open MPI, `OMPI_COMM_WORLD_SIZE` > 1 (launched by `mpirun`): JAX's Open MPI detection.
+  6. TPU, `TPU_WORKER_HOSTNAMES` naming more than one host: JAX's TPU detection.
+
+  Args:
+    env: the environment, e.g. `os.environ`.
+
+  Returns:
+    Keyword arguments for `jax.distributed.initialize` ({} means "detect
+    everything"), or None when this is a single-process run.
+
+  Raises:
+    ValueError: an incomplete or malformed explicit setting, or SLURM with
+      several tasks but without the variables `srun` sets.
+  """
+  flag = env.get("JDARTS_DISTRIBUTED", "").strip().lower()
+  if flag not in ("", "0", "1", "false", "true", "no", "yes"):
+    raise ValueError(f"JDARTS_DISTRIBUTED={env['JDARTS_DISTRIBUTED']!r}: use 1 (start "
+                     "jax.distributed, detecting the cluster) or 0 (never).")
+  if flag in ("0", "false", "no"):
+    return None
+
+  given = [k for k in _EXPLICIT if env.get(k, "") != ""]
+  if given:
+    missing = [k for k in _EXPLICIT if k not in given]
+    if missing:
+      raise ValueError(f"{', '.join(given)} set but {', '.join(missing)} not: set all of "
+                       f"{', '.join(_EXPLICIT)} (or none, to detect the cluster).")
+    coordinator = env["JDARTS_COORDINATOR"].strip()
+    if not re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}", coordinator):
+      raise ValueError(f"JDARTS_COORDINATOR={coordinator!r} must be host:port of process 0, "
+                       "e.g. 10.0.0.1:1234.")
+    num_processes = _env_int(env, "JDARTS_NUM_PROCESSES")
+    process_id = _env_int(env, "JDARTS_PROCESS_ID")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise ValueError(f"JDARTS_PROCESS_ID={process_id} and JDARTS_NUM_PROCESSES="
+                       f"{num_processes}: need 0 <= process id < number of processes.")
+    args: Dict[str, Any] = dict(coordinator_address=coordinator,
+                                num_processes=num_processes, process_id=process_id)
+    ids = env.get("JDARTS_LOCAL_DEVICE_IDS", "").strip()
+    if ids:
+      try:
+        args["local_device_ids"] = [int(i) for i in ids.split(",")]
+      except ValueError:
+        raise ValueError(f"JDARTS_LOCAL_DEVICE_IDS={ids!r} must be comma-separated "
+                         "integers, e.g. 0,1.") from None
+    return args
+
+  if flag in ("1", "true", "yes"):
+    return {}
+
+  # SLURM_STEP_NUM_TASKS (set by srun for its step) wins over the job's
+  # SLURM_NTASKS: e.g. `srun -n 1` inside an 8-task allocation is one process.
+  slurm_tasks = _env_int_or(env, "SLURM_STEP_NUM_TASKS", _env_int_or(env, "SLURM_NTASKS", 1))
+  if env.get("SLURM_JOB_ID") and slurm_tasks > 1:
+    missing = [k for k in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST")
+               if k not in env]
+    if missing:
+      raise ValueError(
+          f"SLURM job {env['SLURM_JOB_ID']} has {slurm_tasks} tasks but "
+          f"{', '.join(missing)} is not set: start one process per task with srun "
+          "(see launch/slurm_gpu.sbatch), or set JDARTS_DISTRIBUTED=0 for one process.")
+    return {"cluster_detection_method": "slurm"}
+
+  if _env_int_or(env, "OMPI_COMM_WORLD_SIZE", 1) > 1:
+    return {"cluster_detection_method": "ompi"}
+
+  hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+  if len(hosts) > 1:
+    return {}
+  return None
+
+
+def _env_int_or(env: Mapping[str, str], name: str, default: int) -> int:
+  return _env_int(env, name) if env.get(name, "") != "" else default
+
+
+def maybe_initialize_distributed(env: Mapping[str, str] = os.environ) -> bool:
+  """Starts `jax.distributed` once, if the environment asks for it.
+
+  Call it first thing, before anything touches a JAX device (`jax.devices()`,
+  computations, `device_put`); JAX refuses to initialise afterwards. Every
+  process of a multi-host run calls it with its own environment. On CPU the
+  cross-process collectives use gloo (`jax_cpu_collectives_implementation`,
+  set here unless already chosen).
+
+  Args:
+    env: the environment to read (see `distributed_args_from_env`).
+
+  Returns:
+    True if this call initialised `jax.distributed`; False if it was already
+    initialised or the environment describes a single-process run.
+  """
+  if jax.distributed.is_initialized():
+    return False
+  args = distributed_args_from_env(env)
+  if args is None:
+    return False
+  if jax.config.jax_cpu_collectives_implementation is None:
+    # CPU only (GPU/TPU have their own collectives); gloo is the default from
+    # JAX 0.5 on, but was opt-in before.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  described = ", ".join(f"{k}={v}" for k, v in args.items()) or "auto-detected cluster"
+  log.info("starting jax.distributed (%s)", described)
+  try:
+    jax.distributed.initialize(**args)
+  except RuntimeError as e:
+    if "before any JAX calls" in str(e):
+      raise RuntimeError(f"{e} Call jdarts.parallel.maybe_initialize_distributed() at "
+                         "the very start of the program.") from e
+    raise
+  log.info("jax.distributed started: process %d of %d, %d local / %d global devices",
+           jax.process_index(), jax.process_count(), jax.local_device_count(),
+           jax.device_count())
+  return True

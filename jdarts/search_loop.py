@@ -6,7 +6,19 @@
 * `metrics.jsonl`    one JSON object per log interval / epoch / final evaluation;
 * `genotype.json`    the derived genotype, rewritten every epoch and at the end;
 * `alphas.json`      every alpha array as nested lists, keyed by name;
-* `summary.json`     final search-val (and test) accuracy of the supernet.
+* `summary.json`     final search-val (and test) accuracy of the supernet;
+* `checkpoints/<step>/` the whole search state and the data position
+  (`jdarts.checkpoint`), every epoch (or `checkpoint.every_steps`), at the
+  end, and on SIGTERM/SIGINT.
+
+Running the same command again in the same workdir resumes from the latest
+checkpoint and continues exactly as if never stopped (same batches, same RNG,
+same optimiser states), whatever `max_steps` says: `max_steps=2` followed by
+`max_steps=4` ends where one `max_steps=4` run ends.
+
+With several processes (multi-host, `jdarts.parallel.maybe_initialize_distributed`)
+every process runs this loop on its rows of each global batch; only process 0
+writes logs and outputs; all of them write their part of the checkpoints.
 """
 from __future__ import annotations
 
@@ -29,6 +41,18 @@ log = logging.getLogger("jdarts")
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when a search step produces a NaN or infinite loss."""
+
+
+class Preempted(Exception):
+  """The run stopped on SIGTERM/SIGINT after saving a checkpoint."""
+
+  def __init__(self, msg: str, signum: Optional[int]):
+    super().__init__(msg)
+    self.signum = signum
+
+
+def _is_main_process() -> bool:
+  return jax.process_index() == 0
 
 
 def _to_jsonable(tree):
@@ -88,10 +112,11 @@ def build_data(cfg, shard_index: int = 0, shard_count: int = 1):
   return train_it, val_it, info, eval_sources
 
 
-def build_space(cfg, info):
+def build_space(cfg, info, bn_axis_name: Optional[str] = None):
   """The search space of `cfg.space`, with the dataset's number of classes."""
   model_cfg = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
   model_cfg["num_classes"] = info.num_classes
+  model_cfg["bn_axis_name"] = bn_axis_name
   return spaces.get_space(cfg.space, model_cfg)
 
 
@@ -143,10 +168,13 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   config_lib.validate(cfg)
   prepare_workdir(workdir)
   enable_compilation_cache(cfg.get("compilation_cache_dir", ""))
-  write_json(os.path.join(workdir, "config.json"), json.loads(cfg.to_json_best_effort()))
+  main_process = _is_main_process()
+  if main_process:
+    write_json(os.path.join(workdir, "config.json"), json.loads(cfg.to_json_best_effort()))
   t_start = time.time()
 
-  train_it, val_it, info, eval_sources = build_data(cfg)
+  train_it, val_it, info, eval_sources = build_data(
+      cfg, shard_index=jax.process_index(), shard_count=jax.process_count())
   steps_per_epoch = min(train_it.steps_per_epoch, val_it.steps_per_epoch)
   if steps_per_epoch == 0:
     raise config_lib.ConfigError(
@@ -155,7 +183,23 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   total = cfg.epochs * steps_per_epoch
   if cfg.max_steps:
     total = min(total, cfg.max_steps)
-  space = build_space(cfg, info)
+  from jdarts import parallel
+  num_devices = cfg.parallel.num_devices or jax.local_device_count()
+  if num_devices > jax.local_device_count():
+    raise config_lib.ConfigError(
+        f"parallel.num_devices={num_devices} but only {jax.local_device_count()} local "
+        "devices exist; lower it or use 0 for all.")
+  if jax.process_count() > 1 and num_devices != jax.local_device_count():
+    raise config_lib.ConfigError(
+        "with several processes every device takes part; use "
+        "--config.parallel.num_devices=0.")
+  global_devices = num_devices * jax.process_count()
+  try:
+    parallel.check_divisible(cfg.batch_size, global_devices)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  axis = parallel.AXIS if global_devices > 1 else None
+  space = build_space(cfg, info, bn_axis_name=axis if cfg.parallel.cross_replica_bn else None)
 
   schedule = search_lib.weight_schedule(cfg.optim, cfg.epochs, steps_per_epoch)
   w_opt = search_lib.weight_optimizer(cfg.optim, schedule)
@@ -164,79 +208,155 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   sample = {"image": jnp.zeros((cfg.batch_size, H, W, C), jnp.float32),
             "label": jnp.zeros((cfg.batch_size,), jnp.int32)}
   state = search_lib.init_state(space, jax.random.PRNGKey(cfg.seed), sample, w_opt, a_opt)
-  step_fn = jax.jit(search_lib.make_search_step(
-      space, cfg.arch, w_opt, a_opt, schedule,
-      fuse_first_order=cfg.arch.get("fuse_first_order", True)), donate_argnums=0)
-  eval_step = jax.jit(search_lib.make_eval_step(space))
+  step_fn = parallel.ParallelStep(
+      search_lib.make_search_step(space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis,
+                                  fuse_first_order=cfg.arch.get("fuse_first_order", True)),
+      backend=cfg.parallel.backend if global_devices > 1 else "none",
+      devices=None if jax.process_count() > 1 else jax.local_devices()[:num_devices])
 
-  log.info("search: %s on %s, %d steps (%d per epoch), arch method %s, %d weights",
-           cfg.space, cfg.data.name, total, steps_per_epoch, cfg.arch.method,
-           sum(x.size for x in jax.tree_util.tree_leaves(state.params)))
-  writer = MetricsWriter(workdir)
-  bar = _progress(total, int(state.step), cfg.get("progress", True))
+  ckpt = None
+  if cfg.checkpoint.enabled:
+    from jdarts import checkpoint as ckpt_lib
+    ckpt = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=cfg.checkpoint.keep,
+        save_every_steps=cfg.checkpoint.every_steps or steps_per_epoch,
+        async_save=cfg.checkpoint.async_save)
+    # Host (numpy) values: one copy, written by the primary process; device
+    # arrays local to each process cannot be saved under multi-host.
+    restored = ckpt.restore_latest(jax.device_get(state))
+    if restored is not None:
+      state, extra, ckpt_step = restored
+      train_it.set_state(extra["train_iter"])
+      val_it.set_state(extra["val_iter"])
+      log.info("resuming from the checkpoint of step %d in %s", ckpt_step, ckpt.directory)
+  start_step = int(state.step)
+  state = step_fn.put_state(state)
+
+  def save_checkpoint(step, state, force=False):
+    if ckpt is None or not (force or ckpt.should_save(step)):
+      return False
+    flush(step)  # never checkpoint a state that came from a non-finite loss
+    extra = {"train_iter": train_it.get_state(), "val_iter": val_it.get_state(),
+             "epoch": step / steps_per_epoch}
+    return ckpt.save(step, jax.device_get(step_fn.get_state(state)), extra, force=force)
+  # Held-out evaluation runs on one device, with batch statistics of its batch.
+  eval_space = build_space(cfg, info)
+  eval_step = jax.jit(search_lib.make_eval_step(eval_space))
+
+  log.info("search: %s on %s, %d steps (%d per epoch), arch method %s, %d weights, "
+           "%d device(s) (%s)", cfg.space, cfg.data.name, total, steps_per_epoch,
+           cfg.arch.method, sum(x.size for x in jax.tree_util.tree_leaves(
+               step_fn.get_state(state).params)), global_devices, step_fn.backend)
+  writer = MetricsWriter(workdir) if main_process else None
+  bar = _progress(total, start_step, cfg.get("progress", True) and main_process)
   pending = []  # device metrics not yet fetched; fetched every log interval
   compile_seconds = None
   t_window, images = time.time(), 0
-  step = int(state.step)
+  step = start_step
 
   def flush(step):
     nonlocal pending
     fetched = jax.device_get(pending)
     for s, m in fetched:
       if not (np.isfinite(m["train_loss"]) and np.isfinite(m["val_loss"])):
+        good = ckpt.latest_step() if ckpt is not None else None
+        where = (f"the last good checkpoint is step {good} in {ckpt.directory} (a rerun "
+                 "resumes from it)" if good is not None else "no checkpoint was written")
         raise NonFiniteLossError(
-            f"Loss became {m['train_loss']} (train) / {m['val_loss']} (val) at step {s}; "
-            "lower optim.learning_rate or arch.learning_rate. No checkpoint was written "
-            "after this step.")
+            f"loss became {m['train_loss']} (train) / {m['val_loss']} (val) at step {s}; "
+            f"{where}; lower optim.learning_rate or arch.learning_rate.")
     pending = []
     return fetched[-1][1] if fetched else None
 
-  while step < total:
-    train_batch, val_batch = next(train_it), next(val_it)
-    t0 = time.time()
-    state, metrics = step_fn(state, train_batch, val_batch)
-    step += 1
-    pending.append((step, metrics))
-    if compile_seconds is None:
-      jax.block_until_ready(metrics)
-      compile_seconds = time.time() - t0
-      log.info("first step (compilation included) took %.1f s", compile_seconds)
-      t_window, images = time.time(), 0
-    else:
-      images += 2 * cfg.batch_size
-    if step % cfg.log_every == 0 or step == total or step % steps_per_epoch == 0:
-      last = flush(step)
-      rate = images / max(time.time() - t_window, 1e-9)
-      t_window, images = time.time(), 0
-      writer.write(step, "train", dict(last, images_per_sec=rate))
+  def _loop():
+    nonlocal t_window, images
+    state_, step_, compile_s = state, step, None
+    while step_ < total and not preempt.is_set:
+      train_batch, val_batch = next(train_it), next(val_it)
+      t0 = time.time()
+      state_, metrics = step_fn(state_, train_batch, val_batch)
+      metrics = step_fn.get_metrics(metrics)
+      step_ += 1
+      pending.append((step_, metrics))
+      if compile_s is None:
+        jax.block_until_ready(metrics)
+        compile_s = time.time() - t0
+        log.info("first step (compilation included) took %.1f s", compile_s)
+        t_window, images = time.time(), 0
+      else:
+        images += 2 * cfg.batch_size
+      if step_ % cfg.log_every == 0 or step_ == total or step_ % steps_per_epoch == 0:
+        last = flush(step_)
+        rate = images / max(time.time() - t_window, 1e-9)
+        t_window, images = time.time(), 0
+        if writer is not None:
+          writer.write(step_, "train", dict(last, images_per_sec=rate))
+        if bar is not None:
+          bar.set_postfix(loss=f"{last['train_loss']:.3f}",
+                          acc=f"{last['train_accuracy']:.3f}",
+                          val_acc=f"{last['val_accuracy']:.3f}", img_s=f"{rate:.0f}",
+                          refresh=False)
       if bar is not None:
-        bar.set_postfix(loss=f"{last['train_loss']:.3f}", acc=f"{last['train_accuracy']:.3f}",
-                        val_acc=f"{last['val_accuracy']:.3f}", img_s=f"{rate:.0f}",
-                        refresh=False)
-    if bar is not None:
-      bar.update(1)
-    if step % steps_per_epoch == 0 or step == total:
-      genotype = save_outputs(workdir, space, state.alphas)
-      msg = f"epoch {step / steps_per_epoch:.2f} genotype: {space.format_genotype(genotype)}"
-      (bar.write if bar is not None else print)(msg)
-  if bar is not None:
-    bar.close()
+        bar.update(1)
+      if step_ % steps_per_epoch == 0 or step_ == total:
+        alphas = step_fn.get_state(state_).alphas
+        genotype = space.derive(jax.device_get(alphas))
+        if main_process:
+          save_outputs(workdir, space, alphas)
+          msg = (f"epoch {step_ / steps_per_epoch:.2f} genotype: "
+                 f"{space.format_genotype(genotype)}")
+          (bar.write if bar is not None else print)(msg)
+      save_checkpoint(step_, state_)
+    return state_, step_, compile_s
 
-  genotype = save_outputs(workdir, space, state.alphas)
-  summary = {"genotype": space.genotype_json(genotype), "steps": step,
-             "compile_seconds": compile_seconds}
+  from jdarts import checkpoint as ckpt_lib
+  preempt = ckpt_lib.PreemptionFlag().install()
+  try:
+    state, step, compile_seconds = _loop()
+  finally:
+    preempt.uninstall()
+    if bar is not None:
+      bar.close()
+  if preempt.is_set:
+    saved = save_checkpoint(step, state, force=True)
+    if ckpt is not None:
+      ckpt.close()
+    where = (f"checkpoint of step {step} in {ckpt.directory}" if ckpt is not None
+             else "no checkpoint (checkpoint.enabled=False)")
+    raise Preempted(f"stopped by signal at step {step}/{total}; {where}"
+                    f"{'' if saved else ' (already saved)'}; run the same command again "
+                    "to resume.", preempt.signum)
+
+  # The final state is saved before the (possibly long) held-out evaluation.
+  save_checkpoint(step, state, force=True)
+  if ckpt is not None:
+    ckpt.close()
+  state = step_fn.get_state(state)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    # Every process must end with the same architecture; fails loudly if not.
+    multihost_utils.assert_equal(jax.device_get(state.alphas),
+                                 "the processes disagree on the alphas")
+  summary = {"steps": step, "compile_seconds": compile_seconds}
+  genotype = space.derive(jax.device_get(state.alphas))
+  summary["genotype"] = space.genotype_json(genotype)
+  if main_process:
+    save_outputs(workdir, space, state.alphas)
   from jdarts import data as data_lib
   for name, source in eval_sources.items():
     batches = data_lib.make_eval_iterator(source, info, batch_size=cfg.batch_size)
     res = search_lib.evaluate(eval_step, state.params, state.alphas, batches)
     summary[f"{name}_accuracy"] = res["accuracy"]
     summary[f"{name}_loss"] = res["loss"]
-    print(f"supernet {name} accuracy: {100 * res['accuracy']:.2f}% "
-          f"(loss {res['loss']:.4f}, {int(res['count'])} held-out images)")
+    if main_process:
+      print(f"supernet {name} accuracy: {100 * res['accuracy']:.2f}% "
+            f"(loss {res['loss']:.4f}, {int(res['count'])} held-out images)")
   summary["seconds"] = time.time() - t_start
-  writer.write(step, "final", {k: v for k, v in summary.items()
-                               if isinstance(v, (int, float)) and v is not None})
-  write_json(os.path.join(workdir, "summary.json"), summary)
-  print(f"genotype written to {os.path.join(workdir, 'genotype.json')}: "
-        f"{space.format_genotype(genotype)}")
+  if main_process:
+    writer.write(step, "final", {k: v for k, v in summary.items()
+                                 if isinstance(v, (int, float)) and v is not None})
+    write_json(os.path.join(workdir, "summary.json"), summary)
+    print(f"genotype written to {os.path.join(workdir, 'genotype.json')}: "
+          f"{space.format_genotype(genotype)}")
   return summary
+

@@ -27,5 +27,6 @@ def tiny_search_config(tmp_cache: str = "", **overrides) -> ml_collections.Confi
   c.progress = False
   c.compilation_cache_dir = tmp_cache
   c.arch.learning_rate = 3e-2
+  c.parallel.num_devices = 1   # the tests' 8 fake devices only where a test asks
   c.update(overrides)
   return c

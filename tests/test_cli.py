@@ -109,13 +109,15 @@ def test_unknown_method_and_command(tiny_config, tmp_path, capsys):
 
 
 def test_config_files_load_and_validate():
-  """Every shipped config builds and passes validation."""
+  """Every shipped search config builds and passes validation (train_* configs: test_models)."""
   import importlib.util
   from jdarts import config_lib
   root = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
   names = sorted(f for f in os.listdir(root) if f.endswith(".py"))
   assert "quickstart.py" in names and "search_cifar10_darts.py" in names
   for name in names:
+    if name.startswith("train_"):
+      continue
     spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(root, name))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
