@@ -113,7 +113,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     config, workdir = _parse(rest, require_workdir=command not in ("hypergrad", "summary"))
     if command == "search":
       from jdarts import parallel, search_loop
-      parallel.maybe_initialize_distributed()
+      try:
+        parallel.maybe_initialize_distributed()
+      except ValueError as e:  # an incomplete JDARTS_* / SLURM environment
+        raise UsageError(str(e)) from None
       try:
         search_loop.run(config, workdir)
       except search_loop.Preempted as e:
