@@ -1,0 +1,240 @@
+"""The DARTS CNN search space (jdarts.spaces.darts_cnn) against independent references.
+
+References: the published size of the paper's supernet (quark0/darts prints
+"param size = 1.930618MB"), closed-form mixing weights and cell shapes, each
+candidate operation applied on its own and summed by hand, and a published
+genotype (DARTS_V2) recovered from alphas built to select it.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdarts import genotypes, mixing, ops, spaces
+from jdarts.spaces import darts_cnn
+import helpers
+
+PRIMITIVES = genotypes.PRIMITIVES
+
+
+def np_softmax(a):
+  e = np.exp(a - a.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def np_sigmoid(a):
+  return 1.0 / (1.0 + np.exp(-a))
+
+
+def np_batchnorm(x, eps=1e-5):
+  mean = x.mean(axis=(0, 1, 2))
+  return (x - mean) / np.sqrt(((x - mean) ** 2).mean(axis=(0, 1, 2)) + eps)
+
+
+# ---------------------------------------------------------------------------
+# Mixings and the mixed operation
+# ---------------------------------------------------------------------------
+
+def test_mixings_closed_forms():
+  """softmax (DARTS eq. 2), sigmoid (Single-DARTS), 1 - max(w) + w (sharpDARTS eq. 3)."""
+  a = np.random.RandomState(0).randn(3, 8)
+  sm = np_softmax(a)
+  np.testing.assert_allclose(mixing.mix("softmax", jnp.asarray(a)), sm, rtol=1e-5)
+  np.testing.assert_allclose(mixing.mix("sigmoid", jnp.asarray(a)), np_sigmoid(a), rtol=1e-5)
+  np.testing.assert_allclose(mixing.mix("max_w", jnp.asarray(a)),
+                             1.0 - sm.max(-1, keepdims=True) + sm, rtol=1e-5)
+  with pytest.raises(KeyError, match="softmax"):
+    mixing.mix("softmx", jnp.asarray(a))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_mixed_op_is_weighted_sum_of_separate_ops(stride):
+  """Each op applied alone with the mixed op's params, weighted by numpy softmax.
+
+  Pooling is followed by a non-affine batch-statistics BN (reference
+  MixedOp), here numpy's; 'none' contributes zero.
+  """
+  rng = np.random.RandomState(stride)
+  C = 4
+  x = jnp.asarray(rng.randn(2, 6, 6, C), jnp.float32)
+  alphas = rng.randn(len(PRIMITIVES))
+  w = np_softmax(alphas)
+  opts = ops.OpOptions()
+  mixed = darts_cnn.MixedOp(C, stride, PRIMITIVES, opts)
+  params = mixed.init(jax.random.PRNGKey(0), x, jnp.asarray(w, jnp.float32))["params"]
+  got = mixed.apply({"params": params}, x, jnp.asarray(w, jnp.float32))
+
+  want = np.zeros((2, 6 // stride, 6 // stride, C))
+  seen, used = {}, set()
+  for k, name in enumerate(PRIMITIVES):
+    if name == "none":
+      continue
+    op = ops.make_op(name, C, stride, False, opts)
+    # Flax names unnamed submodules <Class>_<n> in order of creation.
+    cls = type(op).__name__
+    sub = f"{cls}_{seen.get(cls, 0)}"
+    seen[cls] = seen.get(cls, 0) + 1
+    variables = {"params": params[sub]} if sub in params else {}
+    used.add(sub)
+    y = np.asarray(op.apply(variables, x), np.float64)
+    if "pool" in name:
+      y = np_batchnorm(y)
+    want += w[k] * y
+  assert set(params) <= used  # no parameters of the mixed op were left out
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_op_none_is_exact_zero():
+  """Closed forms: only 'none' gives zeros at the output size; with skip it is w_skip * x."""
+  x = jnp.asarray(np.random.RandomState(0).randn(2, 5, 5, 3), jnp.float32)
+  opts = ops.OpOptions()
+  y = darts_cnn.MixedOp(3, 2, ("none",), opts).apply({}, x, jnp.ones((1,)))
+  np.testing.assert_array_equal(y, np.zeros((2, 3, 3, 3)))
+  y = darts_cnn.MixedOp(3, 1, ("none", "skip_connect"), opts).apply(
+      {}, x, jnp.asarray([0.7, 0.3]))
+  np.testing.assert_allclose(y, 0.3 * np.asarray(x), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The paper's supernet
+# ---------------------------------------------------------------------------
+
+def _paper_space(**overrides):
+  return spaces.get_space("darts_cnn", dict(init_channels=16, layers=8, num_classes=10,
+                                            **overrides))
+
+
+def test_paper_supernet_parameter_count_and_alphas():
+  """1,930,618 weights: quark0/darts's 'param size = 1.930618MB' (alphas excluded)."""
+  space = _paper_space()
+  batch = {"image": jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)}
+  params = jax.eval_shape(lambda b: space.init(jax.random.PRNGKey(0), b), batch)
+  assert ops.count_params(params) == 1_930_618
+  assert sorted(k for k in params if k.startswith("cell_")) == [f"cell_{i}" for i in range(8)]
+
+  alphas = space.init_alphas(jax.random.PRNGKey(0))
+  assert set(alphas) == {"normal", "reduce"}
+  for a in alphas.values():
+    assert a.shape == (14, 8)  # 2 + 3 + 4 + 5 edges, 8 primitives
+    np.testing.assert_array_equal(a, np.zeros((14, 8)))  # paper: zeros at init
+
+  noisy = _paper_space(alpha_init_scale=1e-3).init_alphas(jax.random.PRNGKey(0))
+  assert 0.5e-3 < float(jnp.std(noisy["normal"])) < 2e-3
+  assert not np.allclose(noisy["normal"], noisy["reduce"])
+
+
+def test_alpha_shape_errors_are_clear():
+  """Wrong shapes and missing keys fail before any computation, naming the shapes."""
+  space = _paper_space()
+  good = space.init_alphas(jax.random.PRNGKey(0))
+  space.check_alphas(good)
+  bad = dict(good, reduce=jnp.zeros((14, 7)))
+  with pytest.raises(ValueError, match=r"\(14, 7\).*\(14, 8\)"):
+    space.check_alphas(bad)
+  with pytest.raises(ValueError, match="'normal' and 'reduce'"):
+    space.check_alphas({"normal": good["normal"]})
+  with pytest.raises(ValueError, match=r"\(14, 7\)"):  # checked before params are touched
+    space.apply(None, bad, {"image": jnp.zeros((1, 8, 8, 3))})
+
+
+def test_unknown_primitive_names_close_match():
+  """A misspelt primitive fails at construction and suggests the right name."""
+  with pytest.raises(KeyError, match=r"Unknown operation 'sep_conv_3x4'.*'sep_conv_3x3'"):
+    spaces.get_space("darts_cnn", dict(primitives=("none", "sep_conv_3x4")))
+  with pytest.raises(KeyError, match="'sigmoid'"):
+    spaces.get_space("darts_cnn", dict(mixing="sigmod"))
+
+
+# ---------------------------------------------------------------------------
+# A tiny supernet forward: logits, cell shapes, the weights every edge gets
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mix", ["softmax", "sigmoid"])
+def test_tiny_supernet_cells_and_edge_weights(mix):
+  """Closed-form cell shapes and strides; each edge gets mix(alpha row) of its cell type.
+
+  5 cells (reductions at 5 // 3 = 1 and 2 * 5 // 3 = 3), C = 4, stem 3C,
+  3 nodes (2 + 3 + 4 = 9 edges), output concat of the last 2 nodes, 8x8 inputs.
+  """
+  space = spaces.get_space("darts_cnn", dict(
+      helpers.tiny_model(), layers=5, steps=3, multiplier=2, stem_multiplier=3,
+      num_classes=3, mixing=mix, primitives=("none", "avg_pool_3x3", "skip_connect")))
+  rng = np.random.RandomState(0)
+  batch = {"image": jnp.asarray(rng.randn(2, 8, 8, 1), jnp.float32)}
+  params = space.init(jax.random.PRNGKey(0), batch)
+  alphas = {k: jnp.asarray(rng.randn(9, 3), jnp.float32) for k in ("normal", "reduce")}
+
+  cells, edges = [], []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    m = context.module
+    if context.method_name == "__call__" and isinstance(m, darts_cnn.SearchCell):
+      cells.append((m.name, m.reduction, args[0].shape, args[1].shape, out.shape))
+    if context.method_name == "__call__" and isinstance(m, darts_cnn.MixedOp):
+      edges.append((m.parent.reduction, m.stride, np.asarray(args[1])))
+    return out
+
+  # Eager on purpose: tiny ops compile once and are shared by both parametrisations.
+  with nn.intercept_methods(record):
+    logits = space.apply(params, alphas, batch)
+  assert logits.shape == (2, 3)
+  assert np.all(np.isfinite(np.asarray(logits)))
+  assert cells == [
+      # name, reduction, s0, s1, output: reduction cells halve H, W and double C.
+      ("cell_0", False, (2, 8, 8, 12), (2, 8, 8, 12), (2, 8, 8, 8)),
+      ("cell_1", True, (2, 8, 8, 12), (2, 8, 8, 8), (2, 4, 4, 16)),
+      ("cell_2", False, (2, 8, 8, 8), (2, 4, 4, 16), (2, 4, 4, 16)),
+      ("cell_3", True, (2, 4, 4, 16), (2, 4, 4, 16), (2, 2, 2, 32)),
+      ("cell_4", False, (2, 4, 4, 16), (2, 2, 2, 32), (2, 2, 2, 32)),
+  ]
+  f = np_softmax if mix == "softmax" else np_sigmoid
+  assert len(edges) == 5 * 9
+  for n, (reduction, stride, w) in enumerate(edges):
+    e = n % 9  # edges run node by node, each from node 0 upwards: alpha row e
+    # Only the edges leaving the two cell inputs of a reduction cell have stride 2:
+    # rows 0, 1 (node 2), 2, 3 (node 3) and 5, 6 (node 4).
+    assert stride == (2 if reduction and e in (0, 1, 2, 3, 5, 6) else 1)
+    a = np.asarray(alphas["reduce" if reduction else "normal"], np.float64)[e]
+    np.testing.assert_allclose(w, f(a), rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------
+# Derivation through the space
+# ---------------------------------------------------------------------------
+
+def _alphas_selecting(cell, steps=4, num_ops=len(PRIMITIVES), primitives=PRIMITIVES):
+  """Alphas whose derivation is `cell`: 5 on each node's first entry, 4 on its second."""
+  a = np.full((sum(2 + i for i in range(steps)), num_ops), -5.0)
+  start = 0
+  for i in range(steps):
+    (op1, src1), (op2, src2) = cell[2 * i], cell[2 * i + 1]
+    a[start + src1, primitives.index(op1)] = 5.0
+    a[start + src2, primitives.index(op2)] = 4.0
+    start += 2 + i
+  return a
+
+
+def test_derive_recovers_darts_v2_through_the_space():
+  """Alphas built from the published DARTS_V2 cells derive back to DARTS_V2 exactly."""
+  space = _paper_space()
+  alphas = {"normal": jnp.asarray(_alphas_selecting(genotypes.DARTS_V2.normal)),
+            "reduce": jnp.asarray(_alphas_selecting(genotypes.DARTS_V2.reduce))}
+  got = space.derive(alphas)
+  assert tuple(got.normal) == tuple(genotypes.DARTS_V2.normal)
+  assert tuple(got.reduce) == tuple(genotypes.DARTS_V2.reduce)
+  assert list(got.normal_concat) == [2, 3, 4, 5]
+  assert list(got.reduce_concat) == [2, 3, 4, 5]
+
+  # A space with its own primitives and cell size derives with those.
+  prims = helpers.TINY_PRIMITIVES  # none, max_pool_3x3, skip_connect, sep_conv_3x3
+  tiny = spaces.get_space("darts_cnn", helpers.tiny_model())
+  a = np.zeros((2, 4))
+  a[1, prims.index("sep_conv_3x3")] = 3.0
+  a[0, prims.index("max_pool_3x3")] = 1.0
+  a[0, prims.index("none")] = 9.0  # 'none' is never chosen, whatever its weight
+  got = tiny.derive({"normal": a, "reduce": a[::-1]})
+  assert list(got.normal) == [("sep_conv_3x3", 1), ("max_pool_3x3", 0)]
+  assert list(got.reduce) == [("sep_conv_3x3", 0), ("max_pool_3x3", 1)]
+  assert list(got.normal_concat) == [2] and list(got.reduce_concat) == [2]
