@@ -61,6 +61,7 @@ class ParallelStep:
     if backend not in BACKENDS:
       raise ValueError(f"parallel.backend={backend!r} is unknown; choose one of {BACKENDS}.")
     self.backend = backend
+    self.axis_name = axis_name
     # Several processes (multi-host): every global device takes part, each
     # process feeds its local devices with its own rows of the global batch.
     self.multi_process = jax.process_count() > 1 and backend != "none"
@@ -99,8 +100,10 @@ class ParallelStep:
       stacked = jax.tree_util.tree_map(
           lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
       # An identity pmap places slice i on device i, as the step's outputs are.
-      return jax.pmap(lambda x: x, devices=None if self.multi_process else self.devices
-                      )(stacked)
+      # The same axis name as the step's, or the arrays' shardings differ
+      # from the step's outputs and the second call retraces.
+      return jax.pmap(lambda x: x, axis_name=self.axis_name,
+                      devices=None if self.multi_process else self.devices)(stacked)
     if self.backend == "shard_map":
       if self.multi_process:
         def replicate(x):

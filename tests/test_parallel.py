@@ -25,14 +25,20 @@ def _problem(axis_name):
 
 
 def _run(backend, n):
-  axis = parallel.AXIS if n > 1 else None
+  axis = parallel.AXIS if backend != "none" else None
   state, step, batches = _problem(axis)
-  ps = parallel.ParallelStep(step, backend=backend if n > 1 else "none",
-                             devices=jax.local_devices()[:n])
+  traces = []
+
+  def counted(*args):
+    traces.append(1)  # runs only when JAX traces (compiles) the step
+    return step(*args)
+
+  ps = parallel.ParallelStep(counted, backend=backend, devices=jax.local_devices()[:n])
   s = ps.put_state(state)
-  for i in range(2):
-    s, m = ps(s, batches[2 * i], batches[2 * i + 1])
-    # Same compiled program for every step: no retrace after the first.
+  for i in range(3):
+    s, m = ps(s, batches[(2 * i) % 4], batches[(2 * i + 1) % 4])
+  # Same compiled program for every step: no retrace or recompilation after the first.
+  assert len(traces) == 1, f"{backend} on {n} devices traced the step {len(traces)} times"
   return jax.device_get(ps.get_state(s)), jax.device_get(ps.get_metrics(m))
 
 
@@ -41,10 +47,10 @@ def single():
   return _run("none", 1)
 
 
-@pytest.mark.parametrize("backend,n", [("pmap", 2), ("pmap", 8), ("shard_map", 2),
-                                       ("shard_map", 8)])
+@pytest.mark.parametrize("backend,n", [("pmap", 1), ("pmap", 2), ("pmap", 8),
+                                       ("shard_map", 1), ("shard_map", 2), ("shard_map", 8)])
 def test_parallel_step_equals_single_device(single, backend, n):
-  """Two search steps over n devices equal one device on the same global batch."""
+  """Three search steps over n devices equal one device on the same global batch."""
   assert jax.local_device_count() >= 8
   ref_state, ref_m = single
   state, m = _run(backend, n)
@@ -52,7 +58,7 @@ def test_parallel_step_equals_single_device(single, backend, n):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
   for k in ("train_loss", "val_loss", "train_accuracy"):
     np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
-  assert int(state.step) == 2
+  assert int(state.step) == 3
 
 
 def test_per_device_batchnorm_differs(single):
@@ -70,8 +76,8 @@ def test_per_device_batchnorm_differs(single):
                                   axis_name=parallel.AXIS)
   ps = parallel.ParallelStep(ghost, backend="pmap", devices=jax.local_devices()[:2])
   s = ps.put_state(state)
-  for i in range(2):
-    s, _ = ps(s, batches[2 * i], batches[2 * i + 1])
+  for i in range(3):  # the same steps and batches as `single`
+    s, _ = ps(s, batches[(2 * i) % 4], batches[(2 * i + 1) % 4])
   s = jax.device_get(ps.get_state(s))
   diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
              zip(jax.tree_util.tree_leaves(s.params), jax.tree_util.tree_leaves(ref.params)))
