@@ -6,8 +6,8 @@ entries with the decorator::
     from jdarts import ops
 
     @ops.OPS.register("my_conv")
-    def my_conv(C, stride, affine):
-        ...
+    def my_conv(C, stride, affine, opts):  # opts: jdarts.ops.OpOptions
+        return MyConv(C, stride, affine)    # a Flax module (N, H, W, C) -> (N, H/s, W/s, C)
 """
 from __future__ import annotations
 
