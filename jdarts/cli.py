@@ -132,8 +132,13 @@ def main(argv: Optional[List[str]] = None) -> int:
       from jdarts import summary
       print(summary.run(config, as_json=as_json))
     elif command == "train":
-      from jdarts import train
-      train.run(config, workdir)
+      from jdarts import parallel, train
+      parallel.maybe_initialize_distributed()
+      try:
+        train.run(config, workdir)
+      except train.NonFiniteLossError as e:
+        print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
   except (UsageError, config_lib.ConfigError, DatasetNotFoundError,
           CheckpointMismatchError, CheckpointCorruptError) as e:
     print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)

@@ -1,0 +1,103 @@
+"""Config defaults and validation for training a genotype from scratch (paper sec. 3.2).
+
+`configs/train_cifar10.py` and `configs/train_imagenet.py` start from
+`train_defaults()` and change what their paper section says. `validate`
+raises `config_lib.ConfigError` with one line naming the bad key.
+
+Sources: the paper's appendix A.2.1 (CIFAR-10) and A.2.3 (ImageNet); where
+the paper says "other hyperparameters remain the same" or is silent, the
+reference code quark0/darts `cnn/train.py` / `cnn/train_imagenet.py`.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from jdarts.config_lib import ConfigError
+
+SCHEDULES = ("cosine_by_epoch", "cosine", "exponential_by_epoch", "constant")
+
+
+def train_defaults() -> ml_collections.ConfigDict:
+  """CIFAR-10 evaluation with the paper's settings (A.2.1); see configs/train_cifar10.py."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0                        # reference train.py --seed
+  # A registered name (genotypes.GENOTYPES), a genotype.json file, or a search
+  # workdir holding one.
+  c.genotype = "DARTS_V2"           # sec. 3.2: the best second-order cell
+  c.model = ml_collections.ConfigDict(dict(
+      name="cifar",                 # jdarts.models.MODELS
+      init_channels=36,             # A.2.1: "increased from 16 to 36"
+      layers=20,                    # A.2.1: "a large network of 20 cells"
+      auxiliary=True,               # A.2.1: "auxiliary towers"
+      drop_path_prob=0.2,           # A.2.1: "path dropout of probability 0.2"
+      stem_multiplier=3,            # reference model.py
+      bn_momentum=0.9,              # PyTorch BatchNorm2d default momentum 0.1
+      depthwise="auto", dtype="float32"))
+  c.data = ml_collections.ConfigDict(dict(
+      name="cifar10", data_dir="",
+      augment=True,                 # reference: RandomCrop(32, padding=4) + flip
+      cutout=16,                    # A.2.1: cutout; reference --cutout_length 16
+      valid_portion=0.0,            # >0 holds out this fraction of train as 'valid'
+      test_split="test"))           # the reference reports CIFAR test accuracy as valid_acc
+  c.batch_size = 96                 # A.2.1: "batch size 96"
+  c.eval_batch_size = 0             # 0: batch_size
+  c.epochs = 600                    # A.2.1: "trained for 600 epochs"
+  c.max_steps = 0                   # 0: no limit (for smoke runs)
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=0.025,          # A.2.1 "same as for search" = A.1.1 eta_w
+      learning_rate_min=0.0,        # reference train.py: CosineAnnealingLR(epochs), eta_min 0
+      schedule="cosine_by_epoch",   # A.1.1: cosine without restart, stepped per epoch
+      lr_decay=0.97,                # only for exponential_by_epoch
+      momentum=0.9,                 # A.1.1
+      weight_decay=3e-4,            # A.1.1
+      grad_clip=5.0))               # reference --grad_clip 5
+  c.loss = ml_collections.ConfigDict(dict(
+      auxiliary_weight=0.4,         # A.2.1: "auxiliary towers with weight 0.4"
+      label_smoothing=0.0))
+  # Drop-path probability at epoch e is drop_path_prob * e / epochs (reference
+  # train.py); 'constant' keeps drop_path_prob throughout.
+  c.drop_path_schedule = "linear"
+  c.eval_every_epochs = 1           # reference: evaluates after every epoch
+  c.parallel = ml_collections.ConfigDict(dict(
+      backend="pmap", num_devices=0,
+      cross_replica_bn=True))       # BN moments over the global batch (False: per device)
+  c.log_every = 50                  # reference --report_freq 50
+  c.progress = True
+  c.compilation_cache_dir = "~/.cache/jdarts/xla"
+  return c
+
+
+def validate(c) -> None:
+  """Raises ConfigError naming the first impossible setting of a train config."""
+  def need(ok, msg):
+    if not ok:
+      raise ConfigError(msg)
+
+  from jdarts import models, ops
+  need(c.model.name in models.MODELS, f"model.name={c.model.name!r} is unknown; choose "
+       f"one of {', '.join(models.MODELS.names())}.")
+  need(c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}.")
+  need(c.eval_batch_size >= 0, f"eval_batch_size must be >= 0, got {c.eval_batch_size}.")
+  need(c.epochs > 0, f"epochs must be positive, got {c.epochs}.")
+  need(c.max_steps >= 0, f"max_steps must be >= 0 (0: no limit), got {c.max_steps}.")
+  need(c.log_every > 0, f"log_every must be positive, got {c.log_every}.")
+  need(0.0 <= c.model.drop_path_prob < 1.0,
+       f"model.drop_path_prob must be in [0, 1), got {c.model.drop_path_prob}.")
+  need(c.drop_path_schedule in ("linear", "constant"), "drop_path_schedule must be "
+       f"'linear' or 'constant', got {c.drop_path_schedule!r}.")
+  need(0.0 <= c.data.valid_portion < 1.0,
+       f"data.valid_portion must be in [0, 1), got {c.data.valid_portion}.")
+  need(c.optim.schedule in SCHEDULES, f"optim.schedule={c.optim.schedule!r} is unknown; "
+       f"choose one of {', '.join(SCHEDULES)}.")
+  need(c.loss.auxiliary_weight >= 0, "loss.auxiliary_weight must be >= 0.")
+  need(0.0 <= c.loss.label_smoothing < 1.0, "loss.label_smoothing must be in [0, 1).")
+  need(c.model.depthwise in ops.DEPTHWISE_IMPLS, f"model.depthwise={c.model.depthwise!r}; "
+       f"choose one of {ops.DEPTHWISE_IMPLS}.")
+  from jdarts import parallel
+  need(c.parallel.backend in parallel.BACKENDS, f"parallel.backend="
+       f"{c.parallel.backend!r} is unknown; choose one of {parallel.BACKENDS}.")
+  from jdarts import genotypes
+  try:
+    genotypes.load_genotype(c.genotype)
+  except ValueError as e:
+    raise ConfigError(f"genotype: {e}") from None
