@@ -9,9 +9,10 @@ from jdarts import config_lib, parallel, search, spaces
 import helpers
 
 
-def _problem(axis_name):
+def _problem(axis_name, method="first_order"):
   cfg = config_lib.search_defaults()
   cfg.arch.learning_rate = 3e-2
+  cfg.arch.method = method
   space = spaces.get_space("darts_cnn", dict(helpers.tiny_model(), num_classes=3,
                                              bn_axis_name=axis_name))
   rng = np.random.RandomState(0)
@@ -24,9 +25,9 @@ def _problem(axis_name):
   return state, step, batches
 
 
-def _run(backend, n):
+def _run(backend, n, method="first_order"):
   axis = parallel.AXIS if backend != "none" else None
-  state, step, batches = _problem(axis)
+  state, step, batches = _problem(axis, method)
   traces = []
 
   def counted(*args):
@@ -59,6 +60,17 @@ def test_parallel_step_equals_single_device(single, backend, n):
   for k in ("train_loss", "val_loss", "train_accuracy"):
     np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, err_msg=k)
   assert int(state.step) == 3
+
+
+def test_second_order_step_on_devices_equals_single_device():
+  """The virtual weight step inside the exact hypergradient uses the gradient
+  averaged over all devices: 2 devices give the 1-device state."""
+  ref, _ = _run("none", 1, "exact_hvp")
+  state, _ = _run("shard_map", 2, "exact_hvp")
+  for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  moved = np.abs(np.asarray(state.alphas["normal"])).max()
+  assert moved > 1e-3
 
 
 def test_per_device_batchnorm_differs(single):
