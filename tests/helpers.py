@@ -30,3 +30,29 @@ def tiny_search_config(tmp_cache: str = "", **overrides) -> ml_collections.Confi
   c.parallel.num_devices = 1   # the tests' 8 fake devices only where a test asks
   c.update(overrides)
   return c
+
+
+_CONFIG_FILE = '''import sys
+sys.path.insert(0, {tests_dir!r})
+import helpers
+
+
+def get_config():
+  c = helpers.tiny_search_config({cache!r})
+{extra}  return c
+'''
+
+
+def write_tiny_config(directory, *extra_lines: str) -> str:
+  """Writes a configs/*.py-style file for `tiny_search_config` and returns its path.
+
+  Args:
+    directory: a pathlib.Path; the XLA compile cache goes beside the file.
+    *extra_lines: statements on the config `c`, e.g. "c.checkpoint.every_steps = 1".
+  """
+  import os
+  path = directory / "tiny.py"
+  extra = "".join(f"  {line}\n" for line in extra_lines)
+  path.write_text(_CONFIG_FILE.format(tests_dir=os.path.dirname(os.path.abspath(__file__)),
+                                      cache=str(directory / "xla_cache"), extra=extra))
+  return str(path)

@@ -1,30 +1,18 @@
 """`jdarts search` end to end on a tiny config, and one-line errors for bad input."""
 import json
 import os
-import textwrap
 
 import numpy as np
 import pytest
 
-from jdarts import cli, genotypes
-
-TINY_CONFIG = textwrap.dedent('''
-    import sys
-    sys.path.insert(0, {tests_dir!r})
-    import helpers
-
-    def get_config():
-      return helpers.tiny_search_config({cache!r})
-''')
+from jdarts import cli
+from jdarts import genotypes
+import helpers
 
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
-  d = tmp_path_factory.mktemp("cfg")
-  path = d / "tiny.py"
-  path.write_text(TINY_CONFIG.format(tests_dir=os.path.dirname(__file__),
-                                     cache=str(d / "xla_cache")))
-  return str(path)
+  return helpers.write_tiny_config(tmp_path_factory.mktemp("cfg"))
 
 
 def test_search_end_to_end_writes_a_valid_genotype(tiny_config, tmp_path, capsys):

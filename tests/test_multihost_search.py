@@ -7,33 +7,21 @@ localhost (gloo CPU collectives), each reading only its rows of every batch.
 import json
 import os
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 from jdarts import cli
+import helpers
 
 sys.path.insert(0, os.path.dirname(__file__))
 import multiprocess_search  # noqa: E402
 
-TINY_CONFIG = textwrap.dedent('''
-    import sys
-    sys.path.insert(0, {tests_dir!r})
-    import helpers
-
-    def get_config():
-      return helpers.tiny_search_config({cache!r})
-''')
 
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
-  d = tmp_path_factory.mktemp("cfg")
-  path = d / "tiny.py"
-  path.write_text(TINY_CONFIG.format(tests_dir=os.path.dirname(__file__),
-                                     cache=str(d / "xla_cache")))
-  return str(path)
+  return helpers.write_tiny_config(tmp_path_factory.mktemp("cfg"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
@@ -18,26 +17,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jdarts import cli
+import helpers
 
-TINY_CONFIG = textwrap.dedent('''
-    import sys
-    sys.path.insert(0, {tests_dir!r})
-    import helpers
-
-    def get_config():
-      c = helpers.tiny_search_config({cache!r})
-      c.checkpoint.every_steps = 1
-      return c
-''')
 
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory):
-  d = tmp_path_factory.mktemp("cfg")
-  path = d / "tiny.py"
-  path.write_text(TINY_CONFIG.format(tests_dir=os.path.dirname(__file__),
-                                     cache=str(d / "xla_cache")))
-  return str(path)
+  return helpers.write_tiny_config(tmp_path_factory.mktemp("cfg"), "c.checkpoint.every_steps = 1")
 
 
 def _search(config, workdir, *overrides):
