@@ -22,6 +22,7 @@ setuptools.setup(
         "numpy>=1.26",
         "absl-py>=2.0",
         "scikit-learn>=1.3",  # ships the offline quickstart dataset (8x8 digits)
+        "pillow>=9",  # ImageNet: JPEG decoding (tfds.data_source) and augmentation
         "tqdm>=4.60",
     ],
     extras_require={

@@ -9,7 +9,12 @@ The paper's evaluation network: 20 cells, 36 initial channels, auxiliary head
 (lr 0.025, cosine to 0, momentum 0.9, weight decay 3e-4, gradient clip 5).
 Every value is quoted with its source in `jdarts.train_config.train_defaults`.
 DARTS_V2 gives 3.3M parameters (paper Table 1; the reference logs
-"param size = 3.349342MB"). Variants: `:debug` (a tiny network, a few steps).
+"param size = 3.349342MB"). Test accuracy is on CIFAR-10's test split;
+`--config.data.extra_test_sets=cifar10_1` also reports CIFAR-10.1 (prepare it
+with `tfds build cifar10_1/v4 --file_format=array_record`).
+`--config.dtype=bfloat16` trains in mixed precision. A rerun in the same
+workdir resumes from its latest checkpoint. Variants: `:debug` (a tiny
+network, a few steps).
 """
 from jdarts import train_config
 

@@ -12,9 +12,14 @@ parameters need C=48; the script's own default is 50), momentum 0.9, label
 smoothing 0.1, auxiliary head with weight 0.4, gradient clip 5, no drop-path.
 DARTS_V2: 4,718,752 parameters (4.7M, paper Table 3).
 
-No ImageNet input pipeline ships with jdarts (the reference trains with
-RandomResizedCrop + ColorJitter); register one as dataset 'imagenet2012' with
-`jdarts.data.register_dataset` to train. `summary` needs no data.
+Data: tfds `imagenet2012` read with `tfds.data_source` (no TensorFlow at
+training time; `jdarts.data.imagenet`). It is a manual download: put
+ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in DIR/downloads/manual/,
+run `tfds build imagenet2012 --data_dir=DIR --file_format=array_record` once
+(needs TensorFlow), then train with `--config.data.data_dir=DIR`. Training
+augmentation is the reference's: RandomResizedCrop(224), horizontal flip,
+ColorJitter(0.4, 0.4, 0.4, hue 0.2); evaluation resizes to 256 and takes the
+central 224 x 224 of the validation images. `summary` needs no data.
 """
 from jdarts import train_config
 
@@ -32,6 +37,7 @@ def get_config(arg: str = ""):
   c.data.num_classes = 1000
   c.data.cutout = 0
   c.data.test_split = "validation"
+  c.data.num_threads = 16             # JPEG decoding and resizing per image (PIL)
   c.batch_size = 128                  # A.2.3
   c.epochs = 250                      # A.2.3
   c.optim.learning_rate = 0.1         # A.2.3: "initial SGD learning rate 0.1"

@@ -26,8 +26,10 @@ commands:
   summary  parameters and multiply-adds of a config's network for one image
            (no --workdir; --json prints one JSON object; train configs take
            --config.genotype=NAME|genotype.json|search workdir)
-  train    train a genotype's network from scratch (configs/train_*.py); writes
-           DIR/metrics.jsonl, DIR/summary.json and DIR/config.json
+  train    train a genotype's network from scratch (configs/train_*.py;
+           --config.genotype=NAME|random:SEED|genotype.json|search workdir); writes
+           DIR/metrics.jsonl, DIR/summary.json, DIR/genotype.json, DIR/config.json and
+           DIR/checkpoints/ (a rerun in DIR resumes)
 
 example:
   jdarts search --config=configs/quickstart.py --workdir=runs/quickstart
@@ -132,10 +134,16 @@ def main(argv: Optional[List[str]] = None) -> int:
       from jdarts import summary
       print(summary.run(config, as_json=as_json))
     elif command == "train":
-      from jdarts import parallel, train
-      parallel.maybe_initialize_distributed()
+      from jdarts import parallel, search_loop, train, train_loop
       try:
-        train.run(config, workdir)
+        parallel.maybe_initialize_distributed()
+      except ValueError as e:  # an incomplete JDARTS_* / SLURM environment
+        raise UsageError(str(e)) from None
+      try:
+        train_loop.run(config, workdir)
+      except search_loop.Preempted as e:
+        print(f"jdarts {command}: {e}", file=sys.stderr)
+        return 128 + (e.signum or 15)  # the shell's convention for a signalled process
       except train.NonFiniteLossError as e:
         print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
         return 1

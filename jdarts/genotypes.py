@@ -436,6 +436,77 @@ def derive(alphas_normal, alphas_reduce, primitives: Sequence[str] = PRIMITIVES,
 
 
 # ---------------------------------------------------------------------------
+# Random architectures of the same space (the baseline a search must beat).
+# ---------------------------------------------------------------------------
+
+RANDOM_PREFIX = 'random:'
+
+
+def random_genotype(seed: int, primitives: Sequence[str] = PRIMITIVES, *, steps: int = 4,
+                    multiplier: int = 4) -> Genotype:
+  """A genotype drawn uniformly from the cells `derive` can return.
+
+  The same structure as a derived genotype (paper sec. 2.4): every
+  intermediate node reads two distinct earlier nodes, an unordered pair drawn
+  uniformly (node i + 2 has i + 2 predecessors), each through an operation
+  drawn uniformly and independently from the non-'none' primitives; the
+  normal and reduction cells are drawn independently; the concat is the last
+  `multiplier` nodes. Entries of a node are in increasing input order.
+
+  Args:
+    seed: non-negative int; the genotype is a function of (seed, primitives,
+      steps, multiplier) only (numpy's PCG64).
+    primitives: the search space's operations ('none' is never drawn).
+    steps: intermediate nodes per cell.
+    multiplier: how many of the last nodes form the cell output.
+
+  Returns:
+    A validated `Genotype` with `2 * steps` entries per cell.
+
+  Raises:
+    ValueError: a negative seed, no primitive besides 'none', or steps /
+      multiplier out of range.
+  """
+  if not _is_int(seed) or seed < 0:
+    raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
+  if not _is_int(steps) or steps < 1:
+    raise ValueError(f"steps must be a positive integer; got {steps!r}.")
+  if not _is_int(multiplier) or not 1 <= multiplier <= steps:
+    raise ValueError(f"multiplier must be in 1..steps={steps}; got {multiplier!r}.")
+  ops = [p for p in primitives if p != 'none']
+  if not ops:
+    raise ValueError(f"primitives {tuple(primitives)!r} have no operation besides 'none'.")
+  rng = np.random.default_rng(int(seed))
+
+  def cell():
+    gene = []
+    for i in range(steps):
+      inputs = np.sort(rng.choice(i + 2, size=2, replace=False))
+      names = rng.integers(0, len(ops), size=2)
+      gene += [(ops[n], int(j)) for n, j in zip(names, inputs)]
+    return gene
+  normal = cell()
+  reduce = cell()
+  concat = list(range(2 + steps - multiplier, steps + 2))
+  return validate_genotype(Genotype(normal, concat, reduce, list(concat)), known_ops=None)
+
+
+def parse_random_spec(spec: str) -> Optional[int]:
+  """The seed of a 'random:SEED' genotype name, or None for any other name.
+
+  Raises:
+    ValueError: 'random:' followed by something that is not a non-negative int.
+  """
+  if not isinstance(spec, str) or not spec.startswith(RANDOM_PREFIX):
+    return None
+  text = spec[len(RANDOM_PREFIX):]
+  if not text.isdigit():
+    raise ValueError(f"{spec!r}: a random genotype is 'random:SEED' with SEED a "
+                     "non-negative integer, e.g. 'random:0'.")
+  return int(text)
+
+
+# ---------------------------------------------------------------------------
 # JSON and files.
 # ---------------------------------------------------------------------------
 
@@ -509,8 +580,9 @@ def load_genotype(name_or_path: Union[str, os.PathLike], *,
   """A genotype by registered name, JSON file, or search workdir.
 
   Args:
-    name_or_path: a key of `GENOTYPES` (e.g. 'DARTS_V2'), a JSON file written
-      by `save_genotype`, or a directory containing `genotype.json`.
+    name_or_path: a key of `GENOTYPES` (e.g. 'DARTS_V2'), 'random:SEED' (a
+      `random_genotype` of the DARTS space), a JSON file written by
+      `save_genotype`, or a directory containing `genotype.json`.
     known_ops: allowed operation names for files (`None`: any).
 
   Returns:
@@ -518,11 +590,14 @@ def load_genotype(name_or_path: Union[str, os.PathLike], *,
 
   Raises:
     ValueError: for an unknown name that is not a file (listing the known
-      names), a directory without genotype.json, unreadable JSON, or an
+      names), a malformed 'random:SEED', a directory without genotype.json, unreadable JSON, or an
       invalid genotype.
   """
   if isinstance(name_or_path, str) and name_or_path in GENOTYPES:
     return validate_genotype(GENOTYPES[name_or_path], known_ops=None)
+  seed = parse_random_spec(name_or_path)
+  if seed is not None:
+    return random_genotype(seed)
   path = os.fspath(name_or_path)
   if os.path.isdir(path):
     dir_path, path = path, os.path.join(path, _JSON_FILENAME)
@@ -533,7 +608,7 @@ def load_genotype(name_or_path: Union[str, os.PathLike], *,
     close = difflib.get_close_matches(path, GENOTYPES, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"{path!r} is neither a known genotype nor a file.{hint} Known "
-                     f"genotypes: {', '.join(GENOTYPES)}.")
+                     f"genotypes: {', '.join(GENOTYPES)}, or random:SEED.")
   try:
     with open(path) as f:
       d = json.load(f)

@@ -15,6 +15,12 @@ import ml_collections
 from jdarts.config_lib import ConfigError
 
 SCHEDULES = ("cosine_by_epoch", "cosine", "exponential_by_epoch", "constant")
+DTYPES = ("float32", "bfloat16")
+
+
+def extra_test_sets(c):
+  """The dataset names of `data.extra_test_sets` ('a,b' -> ['a', 'b'])."""
+  return [n.strip() for n in str(c.data.get("extra_test_sets", "")).split(",") if n.strip()]
 
 
 def train_defaults() -> ml_collections.ConfigDict:
@@ -32,13 +38,20 @@ def train_defaults() -> ml_collections.ConfigDict:
       drop_path_prob=0.2,           # A.2.1: "path dropout of probability 0.2"
       stem_multiplier=3,            # reference model.py
       bn_momentum=0.9,              # PyTorch BatchNorm2d default momentum 0.1
-      depthwise="auto", dtype="float32"))
+      depthwise="auto"))
+  # Compute dtype: 'bfloat16' is mixed precision (weights, optimiser state and
+  # BatchNorm averages stay float32; the loss is computed in float32).
+  c.dtype = "float32"
   c.data = ml_collections.ConfigDict(dict(
       name="cifar10", data_dir="",
       augment=True,                 # reference: RandomCrop(32, padding=4) + flip
       cutout=16,                    # A.2.1: cutout; reference --cutout_length 16
       valid_portion=0.0,            # >0 holds out this fraction of train as 'valid'
-      test_split="test"))           # the reference reports CIFAR test accuracy as valid_acc
+      test_split="test",            # the reference reports CIFAR test accuracy as valid_acc
+      # Comma-separated registered datasets evaluated as extra test sets (their
+      # 'test' split, normalised as the training data), e.g. 'cifar10_1'.
+      extra_test_sets="",
+      num_threads=0, worker_count=0))  # grain prefetch threads / worker processes
   c.batch_size = 96                 # A.2.1: "batch size 96"
   c.eval_batch_size = 0             # 0: batch_size
   c.epochs = 600                    # A.2.1: "trained for 600 epochs"
@@ -61,6 +74,11 @@ def train_defaults() -> ml_collections.ConfigDict:
   c.parallel = ml_collections.ConfigDict(dict(
       backend="pmap", num_devices=0,
       cross_replica_bn=True))       # BN moments over the global batch (False: per device)
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      enabled=True,                 # workdir/checkpoints; a rerun in the workdir resumes
+      every_steps=0,                # 0: at the end of every epoch
+      keep=3,                       # the last K checkpoints are kept
+      async_save=False))
   c.log_every = 50                  # reference --report_freq 50
   c.progress = True
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
@@ -93,6 +111,16 @@ def validate(c) -> None:
   need(0.0 <= c.loss.label_smoothing < 1.0, "loss.label_smoothing must be in [0, 1).")
   need(c.model.depthwise in ops.DEPTHWISE_IMPLS, f"model.depthwise={c.model.depthwise!r}; "
        f"choose one of {ops.DEPTHWISE_IMPLS}.")
+  need(c.dtype in DTYPES, f"dtype={c.dtype!r}; choose one of {', '.join(DTYPES)}.")
+  need(c.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0: every "
+       f"epoch), got {c.checkpoint.every_steps}.")
+  need(c.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {c.checkpoint.keep}.")
+  need(c.data.num_threads >= 0 and c.data.worker_count >= 0,
+       "data.num_threads and data.worker_count must be >= 0.")
+  from jdarts import data as data_lib
+  for name in [c.data.name] + extra_test_sets(c):
+    need(name in data_lib.DATASETS, f"dataset {name!r} (data.name / data.extra_test_sets) "
+         f"is unknown; choose from {', '.join(sorted(data_lib.DATASETS))}.")
   from jdarts import parallel
   need(c.parallel.backend in parallel.BACKENDS, f"parallel.backend="
        f"{c.parallel.backend!r} is unknown; choose one of {parallel.BACKENDS}.")

@@ -373,3 +373,57 @@ def test_module_imports_without_jax_or_flax():
   code = ("import sys, jdarts.genotypes; "
           "assert 'jax' not in sys.modules and 'flax' not in sys.modules, sorted(sys.modules)")
   subprocess.run([sys.executable, '-c', code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------
+# Random genotypes: the baseline of the quickstart evaluation.
+# ---------------------------------------------------------------------------
+
+def test_random_genotype_structure_and_determinism():
+  g = genotypes.random_genotype(0)
+  assert g == load_genotype('random:0') == genotypes.random_genotype(0)
+  assert genotypes.random_genotype(1) != g
+  # Same shape as a derived genotype of the DARTS space.
+  like = derive(np.zeros((14, 8)), np.zeros((14, 8)))
+  assert (len(g.normal), g.normal_concat, len(g.reduce), g.reduce_concat) == (
+      len(like.normal), like.normal_concat, len(like.reduce), like.reduce_concat)
+  for seed in range(50):
+    g = genotypes.random_genotype(seed)
+    for cell in (g.normal, g.reduce):
+      for node in range(4):
+        (op_a, a), (op_b, b) = cell[2 * node:2 * node + 2]
+        assert 0 <= a < b < node + 2  # two distinct earlier nodes
+        assert op_a != 'none' and op_b != 'none' and op_a in PRIMITIVES
+  small = genotypes.random_genotype(3, ('none', 'skip_connect'), steps=2, multiplier=1)
+  assert small.normal_concat == [3] and {op for op, _ in small.normal} == {'skip_connect'}
+  _one_line_error(lambda: load_genotype('random:x'), "'random:SEED'")
+  _one_line_error(lambda: genotypes.random_genotype(0, ('none',)), "besides 'none'")
+
+
+def test_random_genotype_is_uniform():
+  """Input pairs uniform over the C(n, 2) pairs of each node, ops over the 7 non-'none'.
+
+  Frequencies over 3000 draws (x 2 cells) against 1/C(n, 2) and 1/7, with a
+  5-sigma binomial tolerance.
+  """
+  n = 3000
+  pairs = [dict() for _ in range(4)]
+  ops = {}
+  for seed in range(n):
+    g = genotypes.random_genotype(seed)
+    for cell in (g.normal, g.reduce):
+      for node in range(4):
+        key = (cell[2 * node][1], cell[2 * node + 1][1])
+        pairs[node][key] = pairs[node].get(key, 0) + 1
+      for op, _ in cell:
+        ops[op] = ops.get(op, 0) + 1
+
+  def check(counts, k, total):
+    assert len(counts) == k
+    p = 1.0 / k
+    tol = 5 * math.sqrt(p * (1 - p) / total)
+    for c in counts.values():
+      assert abs(c / total - p) <= tol, (counts, k)
+  for node in range(4):
+    check(pairs[node], math.comb(node + 2, 2), 2 * n)
+  check(ops, 7, 2 * n * 8)

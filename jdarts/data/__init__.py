@@ -13,7 +13,12 @@ Typical use::
     batch = next(it)          # {'image', 'label', 'mask'}
     state = it.get_state()    # JSON-serialisable; it.set_state(state) resumes
 
-Nothing here imports TensorFlow; tensorflow_datasets and scikit-learn are
+Registered datasets: 'cifar10' (tfds or the python pickle files),
+'cifar10_1' (tfds, a second CIFAR-10 test set), 'imagenet2012' (tfds, with
+the reference's crop/flip/colour-jitter augmentation: `jdarts.data.imagenet`),
+'digits' (ships with scikit-learn) and 'synthetic'.
+
+Nothing here imports TensorFlow; tensorflow_datasets, scikit-learn and PIL are
 imported only when a dataset that needs them is loaded.
 """
 from jdarts.data.pipeline import CheckpointableIterator
@@ -29,6 +34,7 @@ from jdarts.data.sources import make_synthetic
 from jdarts.data.sources import register_dataset
 from jdarts.data.sources import search_split
 from jdarts.data.sources import SubsetSource
+from jdarts.data import imagenet  # registers 'imagenet2012'  # noqa: E402
 
 __all__ = [
     "ArraySource",
@@ -38,6 +44,7 @@ __all__ = [
     "DatasetNotFoundError",
     "SubsetSource",
     "get_info",
+    "imagenet",
     "load_source",
     "make_eval_iterator",
     "make_synthetic",

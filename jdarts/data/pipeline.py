@@ -62,12 +62,24 @@ def gather(source, indices: np.ndarray):
     return source.images[indices], source.labels[indices]
   if isinstance(source, SubsetSource):
     return gather(source.parent, source.indices[indices])
+  images, labels = read_records(source, indices)
+  if not images:
+    return np.zeros((0,), np.uint8), labels
+  return np.stack(images), labels
+
+
+def read_records(source, indices: np.ndarray):
+  """Reads records `source[indices]` without stacking (images may differ in size).
+
+  Returns:
+    (list of k uint8 (h_i, w_i, C) images, labels int32 (k,)).
+  """
+  if isinstance(source, SubsetSource):
+    return read_records(source.parent, source.indices[np.asarray(indices, np.int64)])
   getitems = getattr(source, "__getitems__", None)
   keys = [int(i) for i in indices]
   records = getitems(keys) if getitems else [source[k] for k in keys]
-  if not records:
-    return np.zeros((0,), np.uint8), np.zeros((0,), np.int32)
-  images = np.stack([np.asarray(r["image"], dtype=np.uint8) for r in records])
+  images = [np.asarray(r["image"], dtype=np.uint8) for r in records]
   labels = np.asarray([r["label"] for r in records], dtype=np.int32)
   return images, labels
 
@@ -207,12 +219,13 @@ class _TrainBatchFn:
     start = j * self.batch_size
     perm = self.permutation(epoch)
     idx = perm[start + self.rows.start:start + self.rows.stop]
-    images, labels = gather(self.source, idx)
-    if images.shape[1:] != tuple(self.info.image_shape):
-      raise ValueError(f"{self.info.name}: records have image shape "
-                       f"{images.shape[1:]}, DatasetInfo says "
-                       f"{tuple(self.info.image_shape)}.")
-    h, w, _ = self.info.image_shape
+    info = self.info
+    transform = info.train_transform if self.augment else None
+    if transform is not None or info.eval_transform is not None:
+      images, labels = read_records(self.source, idx)
+    else:
+      images, labels = gather(self.source, idx)
+    h, w, _ = info.image_shape
     # All draws are made for the whole global batch, in a fixed order and
     # whether or not each augmentation is on, then sliced: every shard sees
     # the numbers a single process would, and toggling one augmentation does
@@ -222,7 +235,18 @@ class _TrainBatchFn:
                            size=(self.batch_size, 2))[self.rows]
     flips = (rng.random(self.batch_size) < 0.5)[self.rows]
     centers = rng.integers(0, (h, w), size=(self.batch_size, 2))[self.rows]
-    if self.augment and (self.crop_padding > 0 or self.flip):
+    # One seed per row for a dataset's own augmentation (train_transform).
+    seeds = rng.integers(0, 2**63 - 1, size=self.batch_size)[self.rows]
+    if transform is not None:
+      images = transform(images, seeds)
+    elif info.eval_transform is not None:
+      images = info.eval_transform(images)
+    if images.shape[1:] != tuple(info.image_shape):
+      raise ValueError(f"{info.name}: records have image shape "
+                       f"{images.shape[1:]}, DatasetInfo says "
+                       f"{tuple(info.image_shape)}.")
+    if (transform is None and self.augment and
+        (self.crop_padding > 0 or self.flip)):
       images = crop_and_flip(images, self.crop_padding, offsets,
                              flips & self.flip)
     x = self._normalize(images)
@@ -248,7 +272,12 @@ class _EvalBatchFn:
     positions = (int(step) * self.batch_size +
                  np.arange(self.rows.start, self.rows.stop))
     real = positions < self.num_examples
-    images, labels = gather(self.source, positions[real])
+    if self.info.eval_transform is not None:
+      images, labels = read_records(self.source, positions[real])
+      if images:
+        images = self.info.eval_transform(images)
+    else:
+      images, labels = gather(self.source, positions[real])
     b = len(positions)
     x = np.zeros((b,) + tuple(self.info.image_shape), np.float32)
     y = np.zeros((b,), np.int32)

@@ -45,6 +45,13 @@ class DatasetInfo:
     crop_padding: zero padding (pixels) before the random crop back to H x W
       when training with augmentation; 0 disables cropping.
     flip: whether training augmentation flips images left-right at random.
+    train_transform: for records of varying size (ImageNet): `fn(images,
+      seeds) -> uint8 (k, H, W, C)`, with `images` k uint8 (h_i, w_i, C)
+      arrays and `seeds` k ints (one generator per image); replaces the
+      crop/flip augmentation when training with `augment` on. None: records
+      already have `image_shape`.
+    eval_transform: `fn(images) -> uint8 (k, H, W, C)`, deterministic, for
+      evaluation (and training with `augment` off) of such records.
   """
   name: str
   image_shape: Tuple[int, int, int]
@@ -53,6 +60,8 @@ class DatasetInfo:
   std: Tuple[float, ...]
   crop_padding: int = 4
   flip: bool = True
+  train_transform: Optional[Callable[..., np.ndarray]] = None
+  eval_transform: Optional[Callable[..., np.ndarray]] = None
 
   def __post_init__(self):
     # Configs and JSON give lists; tuples keep the info hashable and comparable.
@@ -421,6 +430,22 @@ def _load_cifar10(split: str, data_dir: Optional[str]):
            "https://www.cs.toronto.edu/~kriz/cifar.html)."))
 
 
+# ---------------------------------------------------------------- CIFAR-10.1
+
+# Recht et al. 2018, "Do CIFAR-10 classifiers generalize to CIFAR-10?": 2,021
+# new test images (version v4, the one of the paper's main results) drawn as
+# CIFAR-10's were; a second test set for networks trained on CIFAR-10. Its
+# images are normalised with CIFAR-10's statistics.
+CIFAR10_1_INFO = dataclasses.replace(CIFAR10_INFO, name="cifar10_1")
+CIFAR10_1_TFDS_NAME = "cifar10_1/v4"
+
+
+def _load_cifar10_1(split: str, data_dir: Optional[str]):
+  if split != "test":
+    raise ValueError(f"cifar10_1 has only a 'test' split, not {split!r}.")
+  return load_tfds(CIFAR10_1_TFDS_NAME, split, data_dir, pretty_name="CIFAR-10.1")
+
+
 # ---------------------------------------------------------------- digits
 
 DIGITS_NUM_TRAIN = 1500  # of 1797; the remaining 297 are the test split.
@@ -520,5 +545,6 @@ def _load_synthetic(split: str, data_dir: Optional[str] = None) -> ArraySource:
 
 
 register_dataset("cifar10", _load_cifar10, CIFAR10_INFO)
+register_dataset("cifar10_1", _load_cifar10_1, CIFAR10_1_INFO)
 register_dataset("digits", load_digits, DIGITS_INFO)
 register_dataset("synthetic", _load_synthetic, SYNTHETIC_INFO)
