@@ -114,7 +114,7 @@ def _select(pred, a, b):
 
 def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
                      axis_name: Optional[str] = None,
-                     fuse_first_order: bool = True) -> Callable:
+                     fuse_first_order: bool = False) -> Callable:
   """Builds the per-device search step `(state, train_batch, val_batch) -> (state, metrics)`.
 
   Args:
@@ -132,7 +132,10 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
       was built with it) BatchNorm moments over; None on one device.
     fuse_first_order: for 'first_order', run the architecture and the weight
       half-steps through one compiled gradient computation (a two-iteration
-      `lax.scan`). Same numbers, half the compile time, ~15% more compute.
+      `lax.scan`). Same numbers and ~30% less compile time, but on XLA:CPU
+      ~10x slower per step (C=8, 2 and 5 cells, batch 16: 14.9 s vs 1.4 s;
+      38 s vs 4.6 s): the convolutions inside the loop body miss the fast
+      paths. Off by default; measure before turning it on elsewhere.
 
   Returns:
     The step function; metrics are float32 scalars: train_loss,

@@ -210,7 +210,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   state = search_lib.init_state(space, jax.random.PRNGKey(cfg.seed), sample, w_opt, a_opt)
   step_fn = parallel.ParallelStep(
       search_lib.make_search_step(space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis,
-                                  fuse_first_order=cfg.arch.get("fuse_first_order", True)),
+                                  fuse_first_order=cfg.arch.get("fuse_first_order", False)),
       backend=cfg.parallel.backend if global_devices > 1 else "none",
       devices=None if jax.process_count() > 1 else jax.local_devices()[:num_devices])
 
