@@ -42,8 +42,9 @@ def peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build(C, layers, batch, depthwise, primitives):
-  model = dict(init_channels=C, layers=layers, num_classes=10, depthwise=depthwise)
+def build(C, layers, batch, depthwise, primitives, batch_edges=False):
+  model = dict(init_channels=C, layers=layers, num_classes=10, depthwise=depthwise,
+               batch_edges=batch_edges)
   if primitives:
     model["primitives"] = tuple(primitives.split(","))
   space = spaces.get_space("darts_cnn", model)
@@ -92,12 +93,14 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--depthwise", default="auto")
   ap.add_argument("--primitives", default="", help="comma-separated subset (profiling)")
+  ap.add_argument("--batch_edges", action="store_true",
+                  help="compute cell edges per source state (model.batch_edges)")
   ap.add_argument("--steps", default="weight,arch_first_order,fused_first_order")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
 
   space, cfg, w_opt, a_opt, sched, state, tb, vb = build(
-      args.C, args.layers, args.batch, args.depthwise, args.primitives)
+      args.C, args.layers, args.batch, args.depthwise, args.primitives, args.batch_edges)
   fns = step_fns(space, cfg, w_opt, a_opt, sched)
   for name in args.steps.split(","):
     if name not in fns:
@@ -119,6 +122,7 @@ def main(argv=None):
     med = statistics.median(times)
     row = {"step": name, "C": args.C, "layers": args.layers, "batch": args.batch,
            "depthwise": args.depthwise, "primitives": args.primitives or "all",
+           "batch_edges": args.batch_edges,
            "median_ms": 1e3 * med, "min_ms": 1e3 * min(times),
            "images_per_s": images / med, "compile_s": compile_s,
            "peak_memory_mb": peak_memory_mb(), "backend": jax.default_backend(),

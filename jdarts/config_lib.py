@@ -33,6 +33,7 @@ def search_defaults() -> ml_collections.ConfigDict:
       mixing="softmax",           # eq. 2
       alpha_init_scale=0.0,       # A.1.1: "zero initialization"; reference uses 1e-3
       depthwise="auto",           # see jdarts.ops
+      batch_edges=False,          # edges per source state (darts_cnn.BatchedSearchCell)
       remat=False, dtype="float32"))
   c.data = ml_collections.ConfigDict(dict(
       name="cifar10", data_dir="",
@@ -58,7 +59,7 @@ def search_defaults() -> ml_collections.ConfigDict:
       fd_eps=0.01,                # eq. 8: eps = 0.01 / ||grad||
       neumann_terms=20, neumann_lr=0.0,  # 0: use xi
       cg_iters=20, cg_damping=0.0,
-      fuse_first_order=True))
+      fuse_first_order=False))    # True: one lax.scan; 10x slower on CPU (search.py)
   c.parallel = ml_collections.ConfigDict(dict(
       backend="pmap",             # 'pmap' | 'shard_map' | 'none' (see jdarts.parallel)
       num_devices=0,              # 0: every local device; the global batch is split

@@ -10,6 +10,10 @@ stem 3x3 conv to 3C + BN (affine, batch statistics) -> cells -> global average
 pool -> linear classifier. Cell inputs are preprocessed by ReLU-1x1conv-BN (or
 FactorizedReduce after a reduction cell); the cell output concatenates the
 last `multiplier` intermediate nodes.
+
+`Network(batch_edges=True)` (config `model.batch_edges`) computes each cell per
+source state (`BatchedSearchCell`): the same function with fewer, larger ops
+and the parameters in the layout of `to_batched_params`.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jdarts import batched_ops
 from jdarts import genotypes as genotypes_lib
 from jdarts import mixing
 from jdarts import ops
@@ -34,6 +39,15 @@ PRIMITIVES = genotypes_lib.PRIMITIVES
 def num_edges(steps: int) -> int:
   """Edges of a cell with `steps` intermediate nodes: 2 + 3 + ... = 14 for 4."""
   return sum(2 + i for i in range(steps))
+
+
+def edges_from_source(j: int, steps: int):
+  """(target node, edge index) of the edges leaving state j (0: s0, 1: s1, 2 + i: node i).
+
+  Node i reads states 0 .. i + 1 through edges offset_i + 0 .. offset_i + i + 1,
+  offset_i = 2 + 3 + ... (i terms), the alpha row order of the reference.
+  """
+  return [(i, num_edges(i) + j) for i in range(max(0, j - 1), steps)]
 
 
 class MixedOp(nn.Module):
@@ -80,11 +94,7 @@ class SearchCell(nn.Module):
 
   @nn.compact
   def __call__(self, s0, s1, weights, train: bool = True):
-    if self.reduction_prev:
-      s0 = ops.FactorizedReduce(self.C, False, self.opts)(s0, train)
-    else:
-      s0 = ops.ReLUConvBN(self.C, 1, 1, 0, False, self.opts)(s0, train)
-    s1 = ops.ReLUConvBN(self.C, 1, 1, 0, False, self.opts)(s1, train)
+    s0, s1 = _preprocess(self.C, self.reduction_prev, self.opts, s0, s1, train)
     states = [s0, s1]
     offset = 0
     for _ in range(self.steps):
@@ -95,6 +105,57 @@ class SearchCell(nn.Module):
             h, weights[offset + j], train)
       offset += len(states)
       states.append(node)
+    return jnp.concatenate(states[-self.multiplier:], axis=-1)
+
+
+def _preprocess(C, reduction_prev, opts, s0, s1, train):
+  """Both cells' input preprocessing; called inside a cell, so named in its scope."""
+  if reduction_prev:
+    s0 = ops.FactorizedReduce(C, False, opts)(s0, train)
+  else:
+    s0 = ops.ReLUConvBN(C, 1, 1, 0, False, opts)(s0, train)
+  s1 = ops.ReLUConvBN(C, 1, 1, 0, False, opts)(s1, train)
+  return s0, s1
+
+
+class BatchedSearchCell(nn.Module):
+  """`SearchCell` computed per source state instead of per edge (same results).
+
+  The edges leaving a state share its input and stride, so
+  `batched_ops.SourceEdges` computes all of them at once (parameter-free
+  candidates shared, one call per candidate and layer for the parametric
+  ones); each node then sums the slices of its incoming edges. Parameters: the
+  preprocessing as in `SearchCell`, and `source_<j>/<primitive>/...` holding
+  the per-edge parameters of the edges leaving state j stacked in target
+  order (`to_batched_params`). States: 0 = s0, 1 = s1, 2 + i = node i; the
+  last node has no outgoing edge.
+
+  Args and returns (call): as `SearchCell`.
+  """
+  C: int
+  reduction: bool
+  reduction_prev: bool
+  primitives: Sequence[str]
+  opts: ops.OpOptions
+  steps: int = 4
+  multiplier: int = 4
+
+  @nn.compact
+  def __call__(self, s0, s1, weights, train: bool = True):
+    s0, s1 = _preprocess(self.C, self.reduction_prev, self.opts, s0, s1, train)
+    states = [s0, s1]
+    incoming = [[] for _ in range(self.steps)]  # node i's edge outputs
+    for j in range(self.steps + 1):
+      if j >= 2:  # every edge into node j - 2 comes from states < j: complete
+        states.append(sum(incoming[j - 2]))
+      targets = edges_from_source(j, self.steps)
+      stride = 2 if self.reduction and j < 2 else 1
+      y = batched_ops.SourceEdges(self.C, stride, tuple(self.primitives), self.opts,
+                                  name=f"source_{j}")(
+          states[j], weights[np.array([e for _, e in targets])], train)
+      for t, (i, _) in enumerate(targets):
+        incoming[i].append(y[:, :, :, t, :])
+    states.append(sum(incoming[-1]))
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
 
 
@@ -110,6 +171,9 @@ class Network(nn.Module):
   mixing: str = "softmax"
   remat: bool = False
   opts: ops.OpOptions = ops.OpOptions()
+  # Per-source edge batching (BatchedSearchCell): same function, params in
+  # the layout of `to_batched_params`.
+  batch_edges: bool = False
 
   @nn.compact
   def __call__(self, x, alphas: Dict[str, jnp.ndarray], train: bool = True):
@@ -122,7 +186,9 @@ class Network(nn.Module):
     s0 = s1 = s
     w_normal = mixing.mix(self.mixing, alphas["normal"])
     w_reduce = mixing.mix(self.mixing, alphas["reduce"])
-    cell_cls = nn.remat(SearchCell, static_argnums=(4,)) if self.remat else SearchCell
+    cell_cls = BatchedSearchCell if self.batch_edges else SearchCell
+    if self.remat:
+      cell_cls = nn.remat(cell_cls, static_argnums=(4,))
     C_curr = self.C
     reduction_prev = False
     for i in range(self.layers):
@@ -136,6 +202,100 @@ class Network(nn.Module):
     out = jnp.mean(s1.astype(jnp.promote_types(s1.dtype, jnp.float32)), axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=ops.torch_default_init,
                     bias_init=_torch_bias_init(out.shape[-1]), name="classifier")(out)
+
+
+def _cells(net: Network):
+  """(name, C, reduction) of each cell of `net`, as `Network.__call__` builds them."""
+  cells, C = [], net.C
+  for i in range(net.layers):
+    reduction = i in (net.layers // 3, 2 * net.layers // 3)
+    C = 2 * C if reduction else C
+    cells.append((f"cell_{i}", C, reduction))
+  return cells
+
+
+def _mixed_op_child_names(primitives, C, stride, opts) -> Dict[str, str]:
+  """{primitive: its submodule's name inside `MixedOp`}.
+
+  Flax names unnamed submodules <Class>_<n> in creation order; MixedOp creates
+  each candidate, then a BatchNorm after each pooling. Call outside any module.
+  """
+  names, seen = {}, {}
+
+  def take(cls):
+    seen[cls] = seen.get(cls, 0) + 1
+    return f"{cls}_{seen[cls] - 1}"
+  for p in primitives:
+    if p == "none":
+      continue
+    names[p] = take(type(ops.make_op(p, C, stride, False, opts)).__name__)
+    if "pool" in p:
+      take("BatchNorm")
+  return names
+
+
+def _source_children(net: Network, C: int, reduction: bool, j: int) -> Dict[str, str]:
+  """MixedOp child names of the edges leaving state j of a cell (stride-dependent)."""
+  stride = 2 if reduction and j < 2 else 1
+  return _mixed_op_child_names(net.primitives, C, stride, net.opts)
+
+
+def to_batched_params(params, net: Network):
+  """Converts per-edge supernet parameters to the `batch_edges=True` layout.
+
+  In every cell the `MixedOp_<e>` subtrees become `source_<j>/<primitive>/...`:
+  the parameters of each primitive on the edges leaving state j, stacked on a
+  new leading axis in target-node order (see `BatchedSearchCell`). Everything
+  else (stem, preprocessing, classifier) is unchanged, and so is the number
+  of parameters. Works under `jax.eval_shape`/`jit`; call outside any module.
+
+  Args:
+    params: `params` of `net` with `batch_edges=False` (e.g. an old checkpoint).
+    net: the supernet (its layers, steps, primitives and C); `batch_edges` is
+      ignored.
+
+  Returns:
+    `params` for `net.clone(batch_edges=True)`, computing the same function.
+  """
+  out = dict(params)
+  for name, C, reduction in _cells(net):
+    cell = params[name]
+    if any(k.startswith("source_") for k in cell):
+      raise ValueError(f"{name} is already in the batched layout (has source_<j>).")
+    new = {k: v for k, v in cell.items() if not k.startswith("MixedOp_")}
+    used = set()
+    for j in range(net.steps + 1):
+      targets = edges_from_source(j, net.steps)
+      for prim, child in _source_children(net, C, reduction, j).items():
+        per_edge = [cell[f"MixedOp_{e}"][child] for _, e in targets
+                    if child in cell.get(f"MixedOp_{e}", {})]
+        if per_edge:
+          new.setdefault(f"source_{j}", {})[prim] = jax.tree_util.tree_map(
+              lambda *xs: jnp.stack(xs), *per_edge)
+        used |= {(f"MixedOp_{e}", child) for _, e in targets}
+    extra = sorted(f"{m}/{c}" for m, sub in cell.items() if m.startswith("MixedOp_")
+                   for c in sub if (m, c) not in used)
+    if extra:
+      raise ValueError(f"{name}: parameters {extra} belong to none of the primitives "
+                       f"{tuple(net.primitives)}; is `net` the network they came from?")
+    out[name] = new
+  return out
+
+
+def from_batched_params(params, net: Network):
+  """Inverse of `to_batched_params`: `batch_edges=True` params -> per-edge layout."""
+  out = dict(params)
+  for name, C, reduction in _cells(net):
+    cell = params[name]
+    new = {k: v for k, v in cell.items() if not k.startswith("source_")}
+    for j in range(net.steps + 1):
+      children = _source_children(net, C, reduction, j)
+      for prim, stacked in cell.get(f"source_{j}", {}).items():
+        for t, (_, e) in enumerate(edges_from_source(j, net.steps)):
+          new.setdefault(f"MixedOp_{e}", {})[children[prim]] = jax.tree_util.tree_map(
+              lambda a, t=t: a[t], stacked)
+    out[name] = new
+  return out
 
 
 def _torch_bias_init(fan_in):
@@ -240,7 +400,9 @@ def from_config(cfg) -> DartsCNNSpace:
 
   Keys: init_channels (C), layers, num_classes, steps, multiplier,
   stem_multiplier, primitives, mixing, alpha_init_scale, depthwise, remat,
-  dtype ('float32' | 'bfloat16'), bn_axis_name.
+  batch_edges (compute the edges per source state, `BatchedSearchCell`; the
+  params then have the `to_batched_params` layout), dtype ('float32' |
+  'bfloat16'), bn_axis_name.
   """
   get = lambda k, d: cfg.get(k, d) if hasattr(cfg, "get") else getattr(cfg, k, d)
   primitives = tuple(get("primitives", PRIMITIVES))
@@ -253,7 +415,8 @@ def from_config(cfg) -> DartsCNNSpace:
   net = Network(C=get("init_channels", 16), num_classes=get("num_classes", 10),
                 layers=get("layers", 8), steps=steps, multiplier=multiplier,
                 stem_multiplier=get("stem_multiplier", 3), primitives=primitives,
-                mixing=get("mixing", "softmax"), remat=get("remat", False), opts=opts)
+                mixing=get("mixing", "softmax"), remat=get("remat", False), opts=opts,
+                batch_edges=bool(get("batch_edges", False)))
   mixing.MIXINGS.get(net.mixing)
   return DartsCNNSpace(net, steps, multiplier, primitives,
                        get("alpha_init_scale", 0.0))
