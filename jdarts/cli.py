@@ -113,40 +113,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "summary":
       rest = [a for a in rest if a != "--json"]
     config, workdir = _parse(rest, require_workdir=command not in ("hypergrad", "summary"))
-    if command == "search":
-      from jdarts import parallel, search_loop
-      try:
-        parallel.maybe_initialize_distributed()
-      except ValueError as e:  # an incomplete JDARTS_* / SLURM environment
-        raise UsageError(str(e)) from None
-      try:
-        search_loop.run(config, workdir)
-      except search_loop.Preempted as e:
-        print(f"jdarts {command}: {e}", file=sys.stderr)
-        return 128 + (e.signum or 15)  # the shell's convention for a signalled process
-      except search_loop.NonFiniteLossError as e:
-        print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+    if command in ("search", "train"):
+      return _run_loop(command, config, workdir)
     elif command == "hypergrad":
       from jdarts import hypergrad_report
       hypergrad_report.run(config, workdir)
     elif command == "summary":
       from jdarts import summary
       print(summary.run(config, as_json=as_json))
-    elif command == "train":
-      from jdarts import parallel, search_loop, train, train_loop
-      try:
-        parallel.maybe_initialize_distributed()
-      except ValueError as e:  # an incomplete JDARTS_* / SLURM environment
-        raise UsageError(str(e)) from None
-      try:
-        train_loop.run(config, workdir)
-      except search_loop.Preempted as e:
-        print(f"jdarts {command}: {e}", file=sys.stderr)
-        return 128 + (e.signum or 15)  # the shell's convention for a signalled process
-      except train.NonFiniteLossError as e:
-        print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
   except (UsageError, config_lib.ConfigError, DatasetNotFoundError,
           CheckpointMismatchError, CheckpointCorruptError) as e:
     print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
@@ -154,6 +128,25 @@ def main(argv: Optional[List[str]] = None) -> int:
   except KeyError as e:  # registry lookups: unknown operation / space / dataset
     print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
     return 2
+  return 0
+
+
+def _run_loop(command: str, config, workdir: str) -> int:
+  """Runs `search` or `train` (multi-host aware); returns the exit status."""
+  from jdarts import parallel, search_loop, train, train_loop
+  try:
+    parallel.maybe_initialize_distributed()
+  except ValueError as e:  # an incomplete JDARTS_* / SLURM environment
+    raise UsageError(str(e)) from None
+  loop = search_loop if command == "search" else train_loop
+  try:
+    loop.run(config, workdir)
+  except search_loop.Preempted as e:
+    print(f"jdarts {command}: {e}", file=sys.stderr)
+    return 128 + (e.signum or 15)  # the shell's convention for a signalled process
+  except (search_loop.NonFiniteLossError, train.NonFiniteLossError) as e:
+    print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
+    return 1
   return 0
 
 

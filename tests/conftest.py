@@ -19,3 +19,21 @@ def x64():
     yield
   finally:
     jax.config.update("jax_enable_x64", prev)
+
+
+def pytest_addoption(parser):
+  parser.addoption("--runslow", action="store_true", default=False,
+                   help="also run tests marked slow (real multi-process runs, extra variants)")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: minutes on 2 CPU cores; run with --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--runslow") or os.environ.get("JDARTS_SLOW_TESTS") == "1":
+    return
+  skip = pytest.mark.skip(reason="slow: run with --runslow (or JDARTS_SLOW_TESTS=1)")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)

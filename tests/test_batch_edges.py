@@ -80,11 +80,13 @@ SMALL = dict(layers=1, primitives=("none", "max_pool_3x3", "skip_connect", "sep_
                                    "dil_conv_5x5"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mix,depthwise", [("sigmoid", "xla"), ("max_w", "shift")])
 def test_other_mixings_and_depthwise_implementations(mix, depthwise):
   _assert_same_function(_tiny(mixing=mix, depthwise=depthwise, **SMALL), tol=1e-5)
 
 
+@pytest.mark.slow
 def test_batched_four_node_cell_exact_in_float64(x64):
   """The paper's 4-node cell; in float64 the two differ only by summation order."""
   _assert_same_function(_tiny(steps=4, multiplier=4, dtype="float64", **SMALL), tol=1e-10)

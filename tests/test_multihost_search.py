@@ -48,6 +48,7 @@ def test_four_devices_in_one_process(tiny_config, one_device, tmp_path):
   _assert_alphas_close(one_device, json.loads((workdir / "alphas.json").read_text()))
 
 
+@pytest.mark.slow  # ~2 min: two real processes each compile the step (--runslow)
 def test_two_processes_with_two_devices_each(tiny_config, one_device, tmp_path):
   workdir = tmp_path / "two"
   argv = [sys.executable, "-m", "jdarts.cli", "search", f"--config={tiny_config}",
