@@ -186,7 +186,7 @@ def main(argv=None):
     rng = np.random.RandomState(1)
     v = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.randn(*x.shape), x.dtype),
                                state.params)
-    norm = optax.global_norm(v)
+    norm = optax.tree_utils.tree_norm(v)
     v = jax.tree_util.tree_map(lambda x: x / norm, v)
     for name, fn in parts(loss, state.params, state.alphas, tb, v).items():
       row, _ = measure(fn, (state.params, state.alphas, tb, v), args.repeats)

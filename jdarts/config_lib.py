@@ -73,6 +73,10 @@ def search_defaults() -> ml_collections.ConfigDict:
   c.progress = True
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
   c.hypergrad = hypergrad_defaults()  # `jdarts hypergrad` (jdarts.hypergrad_report)
+  # >0: every N steps compare hypergrad.methods against hypergrad.reference on
+  # the step's own state and batches (workdir/hypergrad_probe.jsonl); costs one
+  # call of every method per probe, plus compiling each once.
+  c.hypergrad_probe_every = 0
   return c
 
 
@@ -101,6 +105,8 @@ def validate(c) -> None:
        f"{c.parallel.backend!r} is unknown; choose one of {parallel.BACKENDS}.")
   need(c.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0: every "
        f"epoch), got {c.checkpoint.every_steps}.")
+  need(c.get("hypergrad_probe_every", 0) >= 0, "hypergrad_probe_every must be >= 0 "
+       f"(0: off), got {c.get('hypergrad_probe_every')}.")
   need(c.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {c.checkpoint.keep}.")
   from jdarts.spaces import darts_cnn  # noqa: F401  (registers the built-in space)
   need(c.space in spaces.SPACES, f"space={c.space!r} is unknown; choose one of "

@@ -18,6 +18,7 @@ for `jdarts search`.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import sys
@@ -210,6 +211,101 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
   if workdir:
     write_outputs(workdir, result)
   return result
+
+
+class Probe:
+  """The estimator comparison recorded during a search (`config.hypergrad_probe_every`).
+
+  Every `every` steps, before the search step runs, every method of
+  `cfg.hypergrad.methods` (and `cfg.hypergrad.reference`) is computed on the
+  current search state and on the very batches that step is about to use, with
+  the step's own settings (xi, virtual step, fd_eps, Neumann/CG), and one JSON
+  line per method is appended to `path`::
+
+    {"step": 40, "method": "exact_hvp", "reference": "unrolled", "cos_sim": ...,
+     "rel_err": ..., "grad_norm": ..., "ms": ..., "compile_s": ..., "xi": ...}
+
+  `ms` is the wall time of that call; `compile_s` is non-zero on the first
+  probe only (each estimator is compiled once, ahead of time). The probe only
+  reads the state: a search with probes ends bitwise where one without ends.
+  It runs on one device over the whole batch of this process, with BatchNorm
+  moments over that batch (`cross_replica_bn=True` semantics).
+  """
+
+  def __init__(self, cfg, space, w_opt, schedule, path: str):
+    validate(cfg)
+    h = cfg.hypergrad
+    self.every = int(cfg.get("hypergrad_probe_every", 0))
+    self.path = path
+    self.methods = _methods(h.methods)
+    self.reference = _reference(h)
+    self.space, self.w_opt, self.schedule = space, w_opt, schedule
+    self.arch = cfg.arch
+    self.real_step = cfg.arch.get("virtual_step", "optimizer") == "optimizer"
+    self._compiled: Dict[str, Any] = {}
+
+  def due(self, step: int) -> bool:
+    """Whether the step about to run from `step` is probed."""
+    return self.every > 0 and step % self.every == 0
+
+  def _xi(self, state):
+    lr = float(self.schedule(state.step))
+    return jnp.asarray(lr if self.arch.xi < 0 else float(self.arch.xi))
+
+  def __call__(self, step: int, state, train_batch, val_batch) -> List[Dict[str, Any]]:
+    """Computes every method at `state`; appends and returns the rows.
+
+    Args:
+      step: the search step the state is at (rows are keyed by it).
+      state: an unreplicated `SearchState`.
+      train_batch, val_batch: {'image': (B, H, W, C), 'label': (B,)}, the
+        batches of the step about to run.
+    """
+    import time
+    loss = lambda p, a, b: self.space.loss(p, a, b)[0]
+    # Through host memory: one uncommitted copy on the default device, whatever
+    # sharding the search step keeps the state in (the executables are AOT).
+    to_jnp = lambda t: jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)), t)
+    xi = self._xi(state)
+    w_opt = self.w_opt if self.real_step else None
+    w_os = state.w_opt_state if self.real_step else None
+    args = (to_jnp(state.params), to_jnp(state.alphas), to_jnp(train_batch),
+            to_jnp(val_batch), to_jnp(w_os), xi)
+    names = list(self.methods)
+    if self.reference is not None and self.reference not in names:
+      names.append(self.reference)
+    grads, rows = {}, []
+    for m in names:
+      compile_s = 0.0
+      if m not in self._compiled:
+        fn = hc._estimator(m, loss, loss, w_opt, False, _arch_kw(self.arch))
+        self._compiled[m], compile_s = hc._compile(m, fn, args)
+      t0 = time.perf_counter()
+      grads[m] = jax.device_get(jax.block_until_ready(self._compiled[m](*args)))
+      if m in self.methods:
+        rows.append({"step": int(step), "method": m, "reference": self.reference,
+                     "grad_norm": float(np.linalg.norm(hc.flatten(grads[m]))),
+                     "ms": 1e3 * (time.perf_counter() - t0), "compile_s": compile_s,
+                     "xi": float(xi)})
+    for row in rows:
+      if self.reference is None:
+        row["cos_sim"] = row["rel_err"] = None
+      else:
+        row["cos_sim"] = hc.cosine_similarity(grads[row["method"]], grads[self.reference])
+        row["rel_err"] = hc.relative_error(grads[row["method"]], grads[self.reference])
+    with open(self.path, "a") as f:
+      for row in rows:
+        f.write(json.dumps(_jsonable(row)) + "\n")
+    return rows
+
+  @staticmethod
+  def format(step: int, rows) -> str:
+    """One line: each method's cosine similarity to the reference."""
+    if not rows or rows[0]["reference"] is None:
+      return f"hypergrad probe at step {step}: " + ", ".join(
+          f"{r['method']} |g| {r['grad_norm']:.3g}" for r in rows)
+    return (f"hypergrad probe at step {step} (cos-sim vs {rows[0]['reference']}): "
+            + ", ".join(f"{r['method']} {r['cos_sim']:.4f}" for r in rows))
 
 
 def describe_sweep(summary: Dict[str, Any], sweep, paper_eps: float) -> str:

@@ -101,7 +101,7 @@ def init_state(space, rng, sample_batch, w_opt, a_opt) -> SearchState:
 
 
 def _global_norm(tree):
-  return optax.global_norm(tree)
+  return optax.tree_utils.tree_norm(tree)
 
 
 def _pmean(tree, axis_name):

@@ -7,6 +7,9 @@
 * `genotype.json`    the derived genotype, rewritten every epoch and at the end;
 * `alphas.json`      every alpha array as nested lists, keyed by name;
 * `summary.json`     final search-val (and test) accuracy of the supernet;
+* `hypergrad_probe.jsonl` with `hypergrad_probe_every > 0`: every estimator
+  of `hypergrad.methods` against `hypergrad.reference` on the state and batches
+  of every N-th step (`jdarts.hypergrad_report.Probe`);
 * `checkpoints/<step>/` the whole search state and the data position
   (`jdarts.checkpoint`), every epoch (or `checkpoint.every_steps`), at the
   end, and on SIGTERM/SIGINT.
@@ -129,6 +132,39 @@ def save_outputs(workdir: str, space, alphas) -> Any:
   return genotype
 
 
+def trim_jsonl(path: str, keep) -> int:
+  """Keeps the lines of a JSON-lines file for which `keep(row)` holds; atomic.
+
+  A resumed run replays the steps after its checkpoint, so the rows those steps
+  wrote before the interruption are dropped instead of appearing twice.
+
+  Returns:
+    The number of rows dropped (0 if the file does not exist).
+  """
+  if not os.path.exists(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # a line cut short by a kill
+        dropped += 1
+        continue
+      if keep(row):
+        kept.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return dropped
+
+
 class MetricsWriter:
   """Appends one JSON object per line to `workdir/metrics.jsonl`."""
 
@@ -166,6 +202,9 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     optionally 'test_accuracy', 'steps', 'compile_seconds', 'seconds'.
   """
   config_lib.validate(cfg)
+  if cfg.get("hypergrad_probe_every", 0):
+    from jdarts import hypergrad_report
+    hypergrad_report.validate(cfg)  # before any work, not at the first probe
   prepare_workdir(workdir)
   enable_compilation_cache(cfg.get("compilation_cache_dir", ""))
   main_process = _is_main_process()
@@ -231,6 +270,13 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       log.info("resuming from the checkpoint of step %d in %s", ckpt_step, ckpt.directory)
   start_step = int(state.step)
   state = step_fn.put_state(state)
+  probe_path = os.path.join(workdir, "hypergrad_probe.jsonl")
+  if main_process:
+    # Rows after the checkpoint (or of an earlier run, when starting at 0) belong
+    # to steps this run replays.
+    trim_jsonl(os.path.join(workdir, "metrics.jsonl"),
+               lambda r: r.get("kind") != "final" and r.get("step", 0) <= start_step)
+    trim_jsonl(probe_path, lambda r: r.get("step", 0) < start_step)
 
   def save_checkpoint(step, state, force=False):
     if ckpt is None or not (force or ckpt.should_save(step)):
@@ -248,6 +294,10 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
            cfg.arch.method, sum(x.size for x in jax.tree_util.tree_leaves(
                step_fn.get_state(state).params)), global_devices, step_fn.backend)
   writer = MetricsWriter(workdir) if main_process else None
+  probe = None
+  if cfg.get("hypergrad_probe_every", 0) and main_process:
+    from jdarts import hypergrad_report
+    probe = hypergrad_report.Probe(cfg, eval_space, w_opt, schedule, probe_path)
   bar = _progress(total, start_step, cfg.get("progress", True) and main_process)
   pending = []  # device metrics not yet fetched; fetched every log interval
   compile_seconds = None
@@ -273,6 +323,11 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     state_, step_, compile_s = state, step, None
     while step_ < total and not preempt.is_set:
       train_batch, val_batch = next(train_it), next(val_it)
+      if probe is not None and probe.due(step_):
+        t_probe = time.time()
+        rows = probe(step_, step_fn.get_state(state_), train_batch, val_batch)
+        (bar.write if bar is not None else print)(probe.format(step_, rows))
+        t_window += time.time() - t_probe  # keep images/s a rate of search steps
       t0 = time.time()
       state_, metrics = step_fn(state_, train_batch, val_batch)
       metrics = step_fn.get_metrics(metrics)

@@ -259,3 +259,86 @@ def test_cli_hypergrad_bad_method_is_one_line(tiny_config, capsys):
   err = capsys.readouterr().err.strip()
   assert rc == 2 and len(err.splitlines()) == 1, err
   assert "'zeroth'" in err and "finite_difference" in err
+
+
+# ---------------------------------------------------------------------------
+# config.hypergrad_probe_every: the comparison recorded during a search.
+
+def _jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def test_search_probe_records_estimators_without_changing_the_search(tiny_config, tmp_path,
+                                                                      capsys):
+  """Probe rows: on the step's state and batches (step 0 recomputed directly),
+  exact_hvp agrees with unrolled where first_order visibly does not (so the
+  probe used the step's xi and optimiser state); a resumed run replays its
+  probes once; the probed search ends bitwise where an unprobed one ends."""
+  probe_args = ["--config.hypergrad_probe_every=1", "--config.checkpoint.every_steps=1",
+                "--config.hypergrad.reference=unrolled",
+                "--config.hypergrad.methods=('first_order','exact_hvp')"]
+  run1 = tmp_path / "probed"
+  rc = cli.main(["search", f"--config={tiny_config}", f"--workdir={run1}",
+                 "--config.max_steps=2"] + probe_args)
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  assert "hypergrad probe at step 1 (cos-sim vs unrolled): first_order" in out
+  rows = _jsonl(run1 / "hypergrad_probe.jsonl")
+  assert [(r["step"], r["method"]) for r in rows] == [
+      (0, "first_order"), (0, "exact_hvp"), (1, "first_order"), (1, "exact_hvp")]
+  for r in rows:
+    assert r["reference"] == "unrolled" and r["ms"] > 0
+    assert (r["compile_s"] > 0) == (r["step"] == 0)
+  for step in (0, 1):
+    fo, ex = [r for r in rows if r["step"] == step]
+    assert ex["rel_err"] < 1e-4 and ex["cos_sim"] > 1 - 1e-6, rows
+    assert fo["rel_err"] > 100 * ex["rel_err"], rows
+
+  # Step 0 by hand: the initial state, the first validation batch.
+  from jdarts import hypergrad_report
+  cfg = cli._parse([f"--config={tiny_config}"], require_workdir=False)[0]
+  built = hypergrad_report.build_state(cfg, None)
+  space, state = built["space"], built["state"]
+  g = jax.grad(lambda a: space.loss(state.params, a, built["val_batch"])[0])(state.alphas)
+  assert rows[0]["grad_norm"] == pytest.approx(float(np.linalg.norm(hc.flatten(g))),
+                                               rel=1e-5)
+  assert rows[0]["xi"] == pytest.approx(float(built["schedule"](0)))
+
+  # Rows an interrupted run wrote after its last checkpoint (step 2) are replayed.
+  with open(run1 / "hypergrad_probe.jsonl", "a") as f:
+    f.write(json.dumps(dict(rows[-1], step=2, method="first_order")) + "\n")
+    f.write('{"step": 3, "meth')  # cut short by a kill
+  with open(run1 / "metrics.jsonl", "a") as f:
+    f.write(json.dumps({"step": 9, "kind": "train", "train_loss": 0.0}) + "\n")
+  rc = cli.main(["search", f"--config={tiny_config}", f"--workdir={run1}",
+                 "--config.max_steps=3"] + probe_args)
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  rows = _jsonl(run1 / "hypergrad_probe.jsonl")
+  assert [(r["step"], r["method"]) for r in rows] == [
+      (s, m) for s in (0, 1, 2) for m in ("first_order", "exact_hvp")]
+  assert rows[4]["compile_s"] > 0  # computed by the resumed run, not the planted row
+  steps = [r["step"] for r in _jsonl(run1 / "metrics.jsonl") if r["kind"] == "train"]
+  assert steps == [1, 2, 3]
+
+  run2 = tmp_path / "plain"
+  rc = cli.main(["search", f"--config={tiny_config}", f"--workdir={run2}",
+                 "--config.max_steps=3"])
+  assert rc == 0, capsys.readouterr().out
+  assert not (run2 / "hypergrad_probe.jsonl").exists()
+  assert (json.loads((run1 / "alphas.json").read_text())
+          == json.loads((run2 / "alphas.json").read_text()))
+
+
+def test_search_probe_bad_settings_are_one_line(tiny_config, tmp_path, capsys):
+  """A negative interval, or an unknown probe method, stops before any step."""
+  for args, words in [(["--config.hypergrad_probe_every=-1"], "hypergrad_probe_every"),
+                      (["--config.hypergrad_probe_every=2",
+                        "--config.hypergrad.methods=('exact_hvp','zeroth')"], "'zeroth'")]:
+    rc = cli.main(["search", f"--config={tiny_config}", f"--workdir={tmp_path / 'bad'}"]
+                  + args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert words in err
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()

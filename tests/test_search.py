@@ -77,7 +77,7 @@ def test_first_order_step_matches_hand_written_updates():
   _tree_close(new.alphas, ref_alphas, rtol=1e-5, atol=1e-6)
   # Weights: clip to norm 5, add wd*w, momentum buffer starts at g: w - lr*g.
   g_w = jax.grad(loss, 0)(state.params, ref_alphas, b[0])
-  norm = optax.global_norm(g_w)
+  norm = optax.tree_utils.tree_norm(g_w)
   scale = jnp.minimum(1.0, cfg.optim.grad_clip / norm)
   lr = cfg.optim.learning_rate
   ref_params = jax.tree_util.tree_map(
