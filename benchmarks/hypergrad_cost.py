@@ -2,7 +2,8 @@
 
     python benchmarks/hypergrad_cost.py --C=8 --layers=5 --batch=16 \
         [--methods=first_order,unrolled,exact_hvp,finite_difference] [--parts] \
-        [--reference=unrolled] [--out=hypergrad_cost.jsonl]
+        [--reference=unrolled] [--solver-iters=20] [--unroll-solver] \
+        [--out=hypergrad_cost.jsonl]
 
 For every method, the architecture gradient alone (`hypergrad.arch_grad`, with
 the real optax weight step as the virtual step, as in the search) is jitted,
@@ -137,6 +138,10 @@ def main(argv=None):
                   help="method to compare gradients with (cos_sim, rel_err); none: skip")
   ap.add_argument("--parts", action="store_true", help="also time the building blocks")
   ap.add_argument("--variants", action="store_true", help="also time exact_hvp_shared")
+  ap.add_argument("--solver-iters", type=int, default=20,
+                  help="neumann_terms and cg_iters of the implicit methods")
+  ap.add_argument("--unroll-solver", action="store_true",
+                  help="implicit methods: Python-unrolled iterations instead of fori_loop")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
   methods = [m for m in args.methods.split(",") if m]
@@ -148,11 +153,14 @@ def main(argv=None):
                                              args.primitives, args.image)
   loss = lambda p, a, b: space.loss(p, a, b)[0]
   xi = sched(state.step)
+  solver_kw = dict(neumann_terms=args.solver_iters, cg_iters=args.solver_iters,
+                   unroll_solver=args.unroll_solver)
   base = {"C": args.C, "layers": args.layers, "batch": args.batch, "image": args.image,
           "primitives": args.primitives or "all", "depthwise": args.depthwise,
           "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
           "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-          "jax": jax.__version__}
+          "jax": jax.__version__, "solver_iters": args.solver_iters,
+          "unroll_solver": args.unroll_solver}
 
   def emit(row):
     row = dict(base, **row, load_avg_1m=round(os.getloadavg()[0], 2))
@@ -165,7 +173,7 @@ def main(argv=None):
   est_args = (state.params, state.alphas, tb, vb, state.w_opt_state, xi)
   for m in methods:
     fn = lambda p, a, t, v, os_, xi, m=m: hypergrad.arch_grad(
-        m, loss, loss, p, a, t, v, xi=xi, optimizer=w_opt, opt_state=os_)
+        m, loss, loss, p, a, t, v, xi=xi, optimizer=w_opt, opt_state=os_, **solver_kw)
     row, grads[m] = measure(fn, est_args, args.repeats)
     emit({"kind": "method", "name": m, **row})
   if args.variants:

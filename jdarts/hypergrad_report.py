@@ -140,7 +140,8 @@ def build_state(cfg, workdir: Optional[str]):
 def _arch_kw(arch) -> Dict[str, Any]:
   return dict(fd_eps=arch.get("fd_eps", 0.01), neumann_terms=arch.get("neumann_terms", 20),
               neumann_lr=(arch.get("neumann_lr", 0.0) or None),
-              cg_iters=arch.get("cg_iters", 20), cg_damping=arch.get("cg_damping", 0.0))
+              cg_iters=arch.get("cg_iters", 20), cg_damping=arch.get("cg_damping", 0.0),
+              unroll_solver=arch.get("unroll_solver", False))
 
 
 def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:

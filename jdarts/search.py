@@ -213,7 +213,8 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
         neumann_terms=arch_cfg.get("neumann_terms", 20),
         neumann_lr=(arch_cfg.get("neumann_lr", 0.0) or None),
         cg_iters=arch_cfg.get("cg_iters", 20), cg_damping=arch_cfg.get("cg_damping", 0.0),
-        has_aux=True, axis_name=axis_name)
+        unroll_solver=arch_cfg.get("unroll_solver", False), has_aux=True,
+        axis_name=axis_name)
     g_a = _pmean(g_a, axis_name)
     a_upd, a_os = a_opt.update(g_a, state.a_opt_state, state.alphas)
     alphas = optax.apply_updates(state.alphas, a_upd)

@@ -68,7 +68,15 @@ def _assert_same_function(model, tol):
 
 
 def test_batched_cells_compute_the_per_edge_function():
-  """Every DARTS primitive, default (CPU: dense) depthwise: logits and gradients agree."""
+  """Every DARTS primitive, default (CPU: dense) depthwise, one reduction cell
+  (strided edges from the inputs, unstrided from the nodes, two edges per
+  source): logits and gradients agree."""
+  _assert_same_function(_tiny(layers=1), tol=1e-5)
+
+
+@pytest.mark.slow
+def test_batched_normal_and_reduction_cells_compute_the_per_edge_function():
+  """normal, reduce, reduce: also FactorizedReduce inputs after a reduction."""
   _assert_same_function(_tiny(), tol=1e-5)
 
 

@@ -96,6 +96,27 @@ def test_implicit_matches_closed_form_at_inner_optimum():
 
 
 @pytest.mark.usefixtures("x64")
+def test_unrolled_solvers_equal_the_loops():
+  """unroll_solver=True traces the iterations one by one: same closed form,
+  same value as the fori_loop to round-off, and no loop in the program."""
+  q = Quadratic(seed=2)
+  lam = 0.3
+  expected = q.D @ q.a + q.B.T @ np.linalg.solve(q.A + lam * np.eye(5), q.w - q.c)
+  for method, kw in [("implicit_cg", dict(cg_iters=10, cg_damping=lam)),
+                     ("implicit_neumann", dict(neumann_terms=7, neumann_lr=0.4))]:
+    looped = q.grad(method, q.w, **kw)
+    unrolled = q.grad(method, q.w, unroll_solver=True, **kw)
+    np.testing.assert_allclose(unrolled, looped, rtol=1e-12, atol=1e-12)
+    if method == "implicit_cg":
+      np.testing.assert_allclose(unrolled, expected, atol=1e-10)
+    f = lambda w, u: arch_grad(method, q.train_loss, q.val_loss, q.to_params(w),
+                               q.to_alphas(q.a), None, None, unroll_solver=u, **kw)
+    has_loop = lambda u: any(p in str(jax.make_jaxpr(lambda w: f(w, u))(q.w))
+                             for p in ("while[", "scan["))
+    assert has_loop(False) and not has_loop(True)
+
+
+@pytest.mark.usefixtures("x64")
 def test_implicit_away_from_optimum_and_damping():
   q = Quadratic(seed=1)
   lam = 0.5
