@@ -13,12 +13,19 @@ from jdarts.spaces import darts_cnn
 import helpers
 
 
-def _setup(method="first_order", batch=4, seed=0, **arch):
+# Parameter-free candidates: the second-order graphs compile several times
+# faster; the stem, preprocessing and classifier weights carry the HVP.
+LIGHT = ("none", "max_pool_3x3", "skip_connect", "avg_pool_3x3")
+
+
+def _setup(method="first_order", batch=4, seed=0, primitives=helpers.TINY_PRIMITIVES,
+           **arch):
   cfg = config_lib.search_defaults()
   cfg.arch.method = method
   cfg.arch.update(arch)
   cfg.arch.learning_rate = 3e-2
-  space = spaces.get_space("darts_cnn", dict(helpers.tiny_model(), num_classes=3))
+  space = spaces.get_space("darts_cnn", dict(helpers.tiny_model(primitives=primitives),
+                                             num_classes=3))
   rng = np.random.RandomState(seed)
   def batch_of(k):
     return {"image": jnp.asarray(rng.randn(batch, 8, 8, 1), jnp.float32),
@@ -99,7 +106,8 @@ def test_search_steps_reduce_training_loss():
 def test_exact_hvp_step_equals_unrolled_step():
   """In the search step, exact_hvp (eq. 7 by jvp) equals autodiff through the
   virtual SGD step (eq. 6), so both move the alphas identically."""
-  cfg, space, w_opt, a_opt, sched, state, b = _setup("unrolled", virtual_step="sgd")
+  cfg, space, w_opt, a_opt, sched, state, b = _setup("unrolled", virtual_step="sgd",
+                                                      primitives=LIGHT)
   ref = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched))
   cfg.arch.method = "exact_hvp"
   other = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched))
@@ -120,7 +128,8 @@ def test_finite_differences_on_the_supernet_need_a_small_eps():
   perturbation is small enough not to cross ReLU/max-pool kinks; the paper's
   0.01/||v|| can be far off (the reason the exact estimator exists)."""
   from jdarts import hypergrad
-  space = spaces.get_space("darts_cnn", dict(helpers.tiny_model(dtype="float64"),
+  space = spaces.get_space("darts_cnn", dict(helpers.tiny_model(dtype="float64",
+                                                               primitives=LIGHT),
                                              num_classes=3))
   rng = np.random.RandomState(0)
   batch = lambda: {"image": jnp.asarray(rng.randn(4, 8, 8, 1)),
