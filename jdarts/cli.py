@@ -19,6 +19,8 @@ USAGE = """usage: jdarts COMMAND --config=configs/NAME.py[:variant] --workdir=DI
 commands:
   search   run an architecture search; writes DIR/genotype.json, DIR/alphas.json,
            DIR/metrics.jsonl, DIR/summary.json and DIR/config.json
+           (--config.arch.method=first_order|exact_hvp|finite_difference|...;
+           --config.hypergrad_probe_every=N also writes DIR/hypergrad_probe.jsonl)
   hypergrad
            compare the architecture-gradient estimators on the search state (or the
            latest checkpoint in DIR/checkpoints): prints a table, writes

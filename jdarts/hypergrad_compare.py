@@ -231,7 +231,7 @@ def compare(train_loss: Callable, val_loss: Callable, params: PyTree, alphas: Py
     repeats: timed calls per method (after compilation and one warm-up call).
     has_aux: whether the losses return `(scalar, aux)`.
     **kw: passed to `arch_grad` (fd_eps, neumann_terms, neumann_lr, cg_iters,
-      cg_damping, axis_name is not supported here).
+      cg_damping, unroll_solver; axis_name is not supported here).
 
   Returns:
     One dict per method, in the order of `methods`, with keys
