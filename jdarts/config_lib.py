@@ -59,7 +59,8 @@ def search_defaults() -> ml_collections.ConfigDict:
       fd_eps=0.01,                # eq. 8: eps = 0.01 / ||grad||
       neumann_terms=20, neumann_lr=0.0,  # 0: use xi
       cg_iters=20, cg_damping=0.0,
-      unroll_solver=False,        # True: Python-unrolled Neumann/CG (7x faster on CPU)
+      unroll_solver=False,        # True: Python-unrolled Neumann/CG; faster runs on
+                                  # CPU, far longer compiles (benchmarks/RESULTS.md)
       fuse_first_order=False))    # True: one lax.scan; 10x slower on CPU (search.py)
   c.parallel = ml_collections.ConfigDict(dict(
       backend="pmap",             # 'pmap' | 'shard_map' | 'none' (see jdarts.parallel)

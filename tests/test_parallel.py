@@ -48,8 +48,11 @@ def single():
   return _run("none", 1)
 
 
-@pytest.mark.parametrize("backend,n", [("pmap", 1), ("pmap", 2), ("pmap", 8),
-                                       ("shard_map", 1), ("shard_map", 2), ("shard_map", 8)])
+# One device through each wrapper (the search itself calls the step directly
+# there) is checked with --runslow only, to keep the default suite short.
+@pytest.mark.parametrize("backend,n", [
+    pytest.param("pmap", 1, marks=pytest.mark.slow), ("pmap", 2), ("pmap", 8),
+    pytest.param("shard_map", 1, marks=pytest.mark.slow), ("shard_map", 2), ("shard_map", 8)])
 def test_parallel_step_equals_single_device(single, backend, n):
   """Three search steps over n devices equal one device on the same global batch."""
   assert jax.local_device_count() >= 8
