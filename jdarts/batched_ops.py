@@ -117,19 +117,10 @@ def depthwise_shared_input(x, kernels, stride: int, padding: int, dilation: int,
     return y.reshape(y.shape[:3] + (k, C))
   if impl == "shift":
     # A sum of kh*kw shifted copies, each scaled by the k edges' taps at once.
-    N, H, W, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    Ho = (H + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-    Wo = (W + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
     out = None
-    for i in range(kh):
-      for j in range(kw):
-        r, c = i * dilation, j * dilation
-        patch = lax.slice(xp, (0, r, c, 0),
-                          (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
-                          (1, stride, stride, 1))
-        term = patch[..., None, :] * kernels[:, i, j, 0, :]
-        out = term if out is None else out + term
+    for i, j, patch in ops.shifted_taps(x, kh, kw, stride, padding, dilation):
+      term = patch[..., None, :] * kernels[:, i, j, 0, :]
+      out = term if out is None else out + term
     return out
   raise ValueError(f"Unknown depthwise implementation {impl!r}.")
 

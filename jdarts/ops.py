@@ -137,6 +137,30 @@ def _conv(features, kernel, stride=1, padding=0, dilation=1, groups=1, *,
                  dtype=opts.dtype, name=name)
 
 
+def shifted_taps(x, kh: int, kw: int, stride: int, padding: int, dilation: int):
+  """The strided slices of the padded input that each kernel tap multiplies.
+
+  Args:
+    x: (N, H, W, C) input.
+    kh, kw: kernel height and width.
+    stride, padding, dilation: as for a convolution (symmetric padding).
+
+  Yields:
+    (i, j, patch) for every tap in row-major order, patch (N, H_out, W_out, C)
+    with H_out = (H + 2p - d(kh - 1) - 1) // stride + 1 (W_out likewise).
+  """
+  N, H, W, C = x.shape
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  Ho = (H + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+  Wo = (W + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+  for i in range(kh):
+    for j in range(kw):
+      r, c = i * dilation, j * dilation
+      yield i, j, lax.slice(xp, (0, r, c, 0),
+                            (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
+                            (1, stride, stride, 1))
+
+
 def depthwise_conv_shift(x, kernel, stride: int, padding: int, dilation: int):
   """Depthwise convolution as a sum of k*k strided slices of the padded input.
 
@@ -149,20 +173,11 @@ def depthwise_conv_shift(x, kernel, stride: int, padding: int, dilation: int):
     (N, H_out, W_out, C) with H_out = (H + 2p - d(k - 1) - 1) // stride + 1.
   """
   k = kernel.shape[0]
-  N, H, W, C = x.shape
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  Ho = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-  Wo = (W + 2 * padding - dilation * (k - 1) - 1) // stride + 1
   kernel = kernel.astype(x.dtype)
   out = None
-  for i in range(k):
-    for j in range(k):
-      r, c = i * dilation, j * dilation
-      patch = lax.slice(xp, (0, r, c, 0),
-                        (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
-                        (1, stride, stride, 1))
-      term = patch * kernel[i, j, 0]
-      out = term if out is None else out + term
+  for i, j, patch in shifted_taps(x, k, k, stride, padding, dilation):
+    term = patch * kernel[i, j, 0]
+    out = term if out is None else out + term
   return out
 
 
