@@ -31,7 +31,6 @@ import numpy as np
 from jdarts import config_lib
 from jdarts import hypergrad
 from jdarts import hypergrad_compare as hc
-from jdarts import search as search_lib
 
 log = logging.getLogger("jdarts")
 
@@ -101,19 +100,9 @@ def build_state(cfg, workdir: Optional[str]):
   """
   from jdarts import search_loop
   train_it, val_it, info, eval_sources = search_loop.build_data(cfg)
-  steps_per_epoch = min(train_it.steps_per_epoch, val_it.steps_per_epoch)
-  if steps_per_epoch == 0:
-    raise config_lib.ConfigError(
-        f"batch_size={cfg.batch_size} is larger than a search split "
-        f"({len(eval_sources['search_val'])} examples); lower --config.batch_size.")
+  steps_per_epoch = search_loop.search_epoch_steps(cfg, train_it, val_it, eval_sources)
   space = search_loop.build_space(cfg, info)
-  schedule = search_lib.weight_schedule(cfg.optim, cfg.epochs, steps_per_epoch)
-  w_opt = search_lib.weight_optimizer(cfg.optim, schedule)
-  a_opt = search_lib.arch_optimizer(cfg.arch)
-  H, W, C = info.image_shape
-  sample = {"image": jnp.zeros((cfg.batch_size, H, W, C), jnp.float32),
-            "label": jnp.zeros((cfg.batch_size,), jnp.int32)}
-  state = search_lib.init_state(space, jax.random.PRNGKey(cfg.seed), sample, w_opt, a_opt)
+  schedule, w_opt, _, state = search_loop.init_search(cfg, space, info, steps_per_epoch)
   restored_step = None
   ckpt_dir = os.path.join(workdir, "checkpoints") if workdir else None
   if ckpt_dir and os.path.isdir(ckpt_dir):

@@ -123,6 +123,38 @@ def build_space(cfg, info, bn_axis_name: Optional[str] = None):
   return spaces.get_space(cfg.space, model_cfg)
 
 
+def search_epoch_steps(cfg, train_it, val_it, eval_sources) -> int:
+  """Search steps per epoch: one batch of each split per step, so the shorter one.
+
+  Raises:
+    ConfigError: a batch is larger than a search split.
+  """
+  n = min(train_it.steps_per_epoch, val_it.steps_per_epoch)
+  if n == 0:
+    raise config_lib.ConfigError(
+        f"batch_size={cfg.batch_size} is larger than a search split "
+        f"({len(eval_sources['search_val'])} examples); lower --config.batch_size.")
+  return n
+
+
+def init_search(cfg, space, info, steps_per_epoch: int):
+  """The optimisers and the initial search state of a config.
+
+  Returns:
+    (schedule, w_opt, a_opt, state): the weight learning-rate schedule, the
+    weight and architecture optax optimisers, and an unreplicated
+    `SearchState` initialised on a zero batch of (batch_size, H, W, C) images.
+  """
+  schedule = search_lib.weight_schedule(cfg.optim, cfg.epochs, steps_per_epoch)
+  w_opt = search_lib.weight_optimizer(cfg.optim, schedule)
+  a_opt = search_lib.arch_optimizer(cfg.arch)
+  H, W, C = info.image_shape
+  sample = {"image": jnp.zeros((cfg.batch_size, H, W, C), jnp.float32),
+            "label": jnp.zeros((cfg.batch_size,), jnp.int32)}
+  state = search_lib.init_state(space, jax.random.PRNGKey(cfg.seed), sample, w_opt, a_opt)
+  return schedule, w_opt, a_opt, state
+
+
 def save_outputs(workdir: str, space, alphas) -> Any:
   """Writes genotype.json and alphas.json for `alphas`; returns the genotype."""
   alphas = jax.device_get(alphas)
@@ -214,11 +246,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
 
   train_it, val_it, info, eval_sources = build_data(
       cfg, shard_index=jax.process_index(), shard_count=jax.process_count())
-  steps_per_epoch = min(train_it.steps_per_epoch, val_it.steps_per_epoch)
-  if steps_per_epoch == 0:
-    raise config_lib.ConfigError(
-        f"batch_size={cfg.batch_size} is larger than a search split "
-        f"({len(eval_sources['search_val'])} examples); lower --config.batch_size.")
+  steps_per_epoch = search_epoch_steps(cfg, train_it, val_it, eval_sources)
   total = cfg.epochs * steps_per_epoch
   if cfg.max_steps:
     total = min(total, cfg.max_steps)
@@ -239,14 +267,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     raise config_lib.ConfigError(str(e)) from None
   axis = parallel.AXIS if global_devices > 1 else None
   space = build_space(cfg, info, bn_axis_name=axis if cfg.parallel.cross_replica_bn else None)
-
-  schedule = search_lib.weight_schedule(cfg.optim, cfg.epochs, steps_per_epoch)
-  w_opt = search_lib.weight_optimizer(cfg.optim, schedule)
-  a_opt = search_lib.arch_optimizer(cfg.arch)
-  H, W, C = info.image_shape
-  sample = {"image": jnp.zeros((cfg.batch_size, H, W, C), jnp.float32),
-            "label": jnp.zeros((cfg.batch_size,), jnp.int32)}
-  state = search_lib.init_state(space, jax.random.PRNGKey(cfg.seed), sample, w_opt, a_opt)
+  schedule, w_opt, a_opt, state = init_search(cfg, space, info, steps_per_epoch)
   step_fn = parallel.ParallelStep(
       search_lib.make_search_step(space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis,
                                   fuse_first_order=cfg.arch.get("fuse_first_order", False)),
