@@ -45,27 +45,16 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-from jdarts import config_lib, hypergrad, search, spaces  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jdarts import hypergrad  # noqa: E402
 from jdarts import hypergrad_compare as hc  # noqa: E402
+import search_step  # noqa: E402  (the shared supernet setting)
 
 
 def build(C, layers, batch, depthwise, primitives, image=32):
   """Space, optimisers, a search state (non-zero alphas) and two random batches."""
-  model = dict(init_channels=C, layers=layers, num_classes=10, depthwise=depthwise)
-  if primitives:
-    model["primitives"] = tuple(primitives.split(","))
-  space = spaces.get_space("darts_cnn", model)
-  cfg = config_lib.search_defaults()
-  rng = np.random.RandomState(0)
-  mk = lambda: {"image": jnp.asarray(rng.randn(batch, image, image, 3), jnp.float32),
-                "label": jnp.asarray(rng.randint(0, 10, batch), jnp.int32)}
-  tb, vb = mk(), mk()
-  sched = search.weight_schedule(cfg.optim, 50, 100)
-  w_opt = search.weight_optimizer(cfg.optim, sched)
-  a_opt = search.arch_optimizer(cfg.arch)
-  state = search.init_state(space, jax.random.PRNGKey(0), tb, w_opt, a_opt)
-  state = state.replace(alphas=jax.tree_util.tree_map(
-      lambda a: 1e-3 * jnp.asarray(rng.randn(*a.shape), a.dtype), state.alphas))
+  space, _, w_opt, _, sched, state, tb, vb = search_step.build(
+      C, layers, batch, depthwise, primitives, image=image, alpha_scale=1e-3)
   return space, w_opt, sched, state, tb, vb
 
 
@@ -126,13 +115,8 @@ def measure(fn, args, repeats):
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--C", type=int, default=8)
-  ap.add_argument("--layers", type=int, default=5)
-  ap.add_argument("--batch", type=int, default=16)
+  search_step.add_supernet_args(ap)
   ap.add_argument("--image", type=int, default=32)
-  ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--depthwise", default="auto")
-  ap.add_argument("--primitives", default="", help="comma-separated subset (profiling)")
   ap.add_argument("--methods", default="first_order,unrolled,exact_hvp,finite_difference")
   ap.add_argument("--reference", default="none",
                   help="method to compare gradients with (cos_sim, rel_err); none: skip")

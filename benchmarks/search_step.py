@@ -42,7 +42,23 @@ def peak_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build(C, layers, batch, depthwise, primitives, batch_edges=False):
+def add_supernet_args(ap):
+  """The supernet-setting flags the search benchmarks share."""
+  ap.add_argument("--C", type=int, default=8)
+  ap.add_argument("--layers", type=int, default=5)
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--depthwise", default="auto")
+  ap.add_argument("--primitives", default="", help="comma-separated subset (profiling)")
+
+
+def build(C, layers, batch, depthwise, primitives, batch_edges=False, image=32,
+          alpha_scale=0.0):
+  """Space, config, optimisers, schedule, a search state and two random batches.
+
+  Batches are {'image': (batch, image, image, 3), 'label': (batch,)}; with
+  alpha_scale > 0 the alphas are random normals of that scale (zero otherwise).
+  """
   model = dict(init_channels=C, layers=layers, num_classes=10, depthwise=depthwise,
                batch_edges=batch_edges)
   if primitives:
@@ -50,13 +66,16 @@ def build(C, layers, batch, depthwise, primitives, batch_edges=False):
   space = spaces.get_space("darts_cnn", model)
   cfg = config_lib.search_defaults()
   rng = np.random.RandomState(0)
-  mk = lambda: {"image": jnp.asarray(rng.randn(batch, 32, 32, 3), jnp.float32),
+  mk = lambda: {"image": jnp.asarray(rng.randn(batch, image, image, 3), jnp.float32),
                 "label": jnp.asarray(rng.randint(0, 10, batch), jnp.int32)}
   tb, vb = mk(), mk()
   sched = search.weight_schedule(cfg.optim, 50, 100)
   w_opt = search.weight_optimizer(cfg.optim, sched)
   a_opt = search.arch_optimizer(cfg.arch)
   state = search.init_state(space, jax.random.PRNGKey(0), tb, w_opt, a_opt)
+  if alpha_scale:
+    state = state.replace(alphas=jax.tree_util.tree_map(
+        lambda a: alpha_scale * jnp.asarray(rng.randn(*a.shape), a.dtype), state.alphas))
   return space, cfg, w_opt, a_opt, sched, state, tb, vb
 
 
@@ -87,12 +106,7 @@ def step_fns(space, cfg, w_opt, a_opt, sched):
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--C", type=int, default=8)
-  ap.add_argument("--layers", type=int, default=5)
-  ap.add_argument("--batch", type=int, default=16)
-  ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--depthwise", default="auto")
-  ap.add_argument("--primitives", default="", help="comma-separated subset (profiling)")
+  add_supernet_args(ap)
   ap.add_argument("--batch_edges", action="store_true",
                   help="compute cell edges per source state (model.batch_edges)")
   ap.add_argument("--steps", default="weight,arch_first_order,fused_first_order")
