@@ -31,6 +31,7 @@ import numpy as np
 from jdarts import config_lib
 from jdarts import hypergrad
 from jdarts import hypergrad_compare as hc
+from jdarts import search as search_lib
 
 log = logging.getLogger("jdarts")
 
@@ -126,11 +127,14 @@ def build_state(cfg, workdir: Optional[str]):
               schedule=schedule, info=info, train_batch=train_batch, val_batch=val_batch)
 
 
-def _arch_kw(arch) -> Dict[str, Any]:
-  return dict(fd_eps=arch.get("fd_eps", 0.01), neumann_terms=arch.get("neumann_terms", 20),
-              neumann_lr=(arch.get("neumann_lr", 0.0) or None),
-              cg_iters=arch.get("cg_iters", 20), cg_damping=arch.get("cg_damping", 0.0),
-              unroll_solver=arch.get("unroll_solver", False))
+def _step_xi(arch, lr: float) -> float:
+  """The virtual step's xi of the search step: `arch.xi`, or the weights' lr when < 0."""
+  return lr if arch.xi < 0 else float(arch.xi)
+
+
+def _real_step(arch) -> bool:
+  """Whether the virtual step is the real optax update (else plain SGD)."""
+  return arch.get("virtual_step", "optimizer") == "optimizer"
 
 
 def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
@@ -157,8 +161,8 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
   state, space, w_opt = built["state"], built["space"], built["w_opt"]
   tb, vb = built["train_batch"], built["val_batch"]
   lr = float(built["schedule"](state.step))
-  xi = lr if cfg.arch.xi < 0 else float(cfg.arch.xi)
-  real_step = cfg.arch.get("virtual_step", "optimizer") == "optimizer"
+  xi = _step_xi(cfg.arch, lr)
+  real_step = _real_step(cfg.arch)
   opt_kw = dict(w_opt=w_opt, w_opt_state=state.w_opt_state) if real_step else {}
   loss = lambda p, a, b: space.loss(p, a, b)[0]
   methods = _methods(h.methods)
@@ -170,14 +174,14 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
       "reference": _reference(h), "repeats": int(h.repeats),
       "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
       "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-      "jax": jax.__version__, **_arch_kw(cfg.arch)}
+      "jax": jax.__version__, **search_lib.estimator_options(cfg.arch)}
   print(f"hypergradient estimators on {cfg.space}/{cfg.data.name}, step {setting['step']}"
         f"{' (restored)' if built['restored_step'] is not None else ' (initial state)'}, "
         f"batch {cfg.batch_size}, xi {xi:.4g}, virtual step {setting['virtual_step']}, "
         f"{jax.default_backend()}; vs {_reference(h)}:")
   rows = hc.compare(loss, loss, state.params, state.alphas, tb, vb, methods=methods, xi=xi,
                     reference=_reference(h), repeats=int(h.repeats), **opt_kw,
-                    **_arch_kw(cfg.arch))
+                    **search_lib.estimator_options(cfg.arch))
   print(hc.format_table(rows), flush=True)
   result = {"setting": setting, "rows": rows, "fd_sweep": [], "fd_sweep_summary": None}
 
@@ -231,7 +235,7 @@ class Probe:
     self.reference = _reference(h)
     self.space, self.w_opt, self.schedule = space, w_opt, schedule
     self.arch = cfg.arch
-    self.real_step = cfg.arch.get("virtual_step", "optimizer") == "optimizer"
+    self.real_step = _real_step(cfg.arch)
     self._compiled: Dict[str, Any] = {}
 
   def due(self, step: int) -> bool:
@@ -239,8 +243,7 @@ class Probe:
     return self.every > 0 and step % self.every == 0
 
   def _xi(self, state):
-    lr = float(self.schedule(state.step))
-    return jnp.asarray(lr if self.arch.xi < 0 else float(self.arch.xi))
+    return jnp.asarray(_step_xi(self.arch, float(self.schedule(state.step))))
 
   def __call__(self, step: int, state, train_batch, val_batch) -> List[Dict[str, Any]]:
     """Computes every method at `state`; appends and returns the rows.
@@ -268,7 +271,8 @@ class Probe:
     for m in names:
       compile_s = 0.0
       if m not in self._compiled:
-        fn = hc._estimator(m, loss, loss, w_opt, False, _arch_kw(self.arch))
+        fn = hc._estimator(m, loss, loss, w_opt, False,
+                           search_lib.estimator_options(self.arch))
         self._compiled[m], compile_s = hc._compile(m, fn, args)
       t0 = time.perf_counter()
       grads[m] = jax.device_get(jax.block_until_ready(self._compiled[m](*args)))

@@ -112,6 +112,21 @@ def _select(pred, a, b):
   return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
+def estimator_options(arch_cfg) -> dict:
+  """The `hypergrad.arch_grad` settings an `arch` config block holds.
+
+  Returns:
+    {'fd_eps', 'neumann_terms', 'neumann_lr' (None: use xi), 'cg_iters',
+    'cg_damping', 'unroll_solver'}, defaults filled in for older configs.
+  """
+  return dict(fd_eps=arch_cfg.get("fd_eps", 0.01),
+              neumann_terms=arch_cfg.get("neumann_terms", 20),
+              neumann_lr=(arch_cfg.get("neumann_lr", 0.0) or None),
+              cg_iters=arch_cfg.get("cg_iters", 20),
+              cg_damping=arch_cfg.get("cg_damping", 0.0),
+              unroll_solver=arch_cfg.get("unroll_solver", False))
+
+
 def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
                      axis_name: Optional[str] = None,
                      fuse_first_order: bool = False) -> Callable:
@@ -209,12 +224,7 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
         method, loss_fn, loss_fn, state.params, state.alphas, train_batch, val_batch,
         xi=xi, optimizer=w_opt if real_step else None,
         opt_state=state.w_opt_state if real_step else None,
-        fd_eps=arch_cfg.get("fd_eps", 0.01),
-        neumann_terms=arch_cfg.get("neumann_terms", 20),
-        neumann_lr=(arch_cfg.get("neumann_lr", 0.0) or None),
-        cg_iters=arch_cfg.get("cg_iters", 20), cg_damping=arch_cfg.get("cg_damping", 0.0),
-        unroll_solver=arch_cfg.get("unroll_solver", False), has_aux=True,
-        axis_name=axis_name)
+        has_aux=True, axis_name=axis_name, **estimator_options(arch_cfg))
     g_a = _pmean(g_a, axis_name)
     a_upd, a_os = a_opt.update(g_a, state.a_opt_state, state.alphas)
     alphas = optax.apply_updates(state.alphas, a_upd)
