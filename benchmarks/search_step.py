@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-from jdarts import config_lib, hypergrad, search, spaces  # noqa: E402
+from jdarts import config_lib, hypergrad, optim, schedules, search, spaces  # noqa: E402
 
 
 def peak_memory_mb() -> float:
@@ -69,9 +69,9 @@ def build(C, layers, batch, depthwise, primitives, batch_edges=False, image=32,
   mk = lambda: {"image": jnp.asarray(rng.randn(batch, image, image, 3), jnp.float32),
                 "label": jnp.asarray(rng.randint(0, 10, batch), jnp.int32)}
   tb, vb = mk(), mk()
-  sched = search.weight_schedule(cfg.optim, 50, 100)
-  w_opt = search.weight_optimizer(cfg.optim, sched)
-  a_opt = search.arch_optimizer(cfg.arch)
+  sched = schedules.make_schedule(cfg.optim, 50, 100)
+  w_opt = optim.weight_optimizer(cfg.optim, sched)
+  a_opt = optim.arch_optimizer(cfg.arch)
   state = search.init_state(space, jax.random.PRNGKey(0), tb, w_opt, a_opt)
   if alpha_scale:
     state = state.replace(alphas=jax.tree_util.tree_map(

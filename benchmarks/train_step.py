@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-from jdarts import genotypes, models, train, train_config  # noqa: E402
+from jdarts import genotypes, models, optim, schedules, train, train_config  # noqa: E402
 
 PRESETS = {"paper": dict(C=36, layers=20, batch=96), "small": dict(C=16, layers=8, batch=32)}
 
@@ -53,8 +53,8 @@ def build(args):
            auxiliary=bool(args.auxiliary), depthwise=args.depthwise, dtype=args.dtype),
       10, genotype=genotype)
   steps_per_epoch = 50000 // args.batch
-  lr = train.learning_rate_schedule(cfg.optim, cfg.epochs, steps_per_epoch)
-  tx = train.optimizer(cfg.optim, lr)
+  lr = schedules.make_schedule(cfg.optim, cfg.epochs, steps_per_epoch)
+  tx = optim.weight_optimizer(cfg.optim, lr)
   # Constant drop-path probability: the step's cost does not depend on its value.
   step = train.make_train_step(net, tx, lr, lambda s: jnp.float32(args.drop_path),
                                auxiliary_weight=cfg.loss.auxiliary_weight)

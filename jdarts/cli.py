@@ -135,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run_loop(command: str, config, workdir: str) -> int:
   """Runs `search` or `train` (multi-host aware); returns the exit status."""
-  from jdarts import parallel, search_loop, train, train_loop
+  from jdarts import parallel, runs, search_loop, train_loop
   try:
     parallel.maybe_initialize_distributed()
   except ValueError as e:  # an incomplete JDARTS_* / SLURM environment
@@ -143,10 +143,10 @@ def _run_loop(command: str, config, workdir: str) -> int:
   loop = search_loop if command == "search" else train_loop
   try:
     loop.run(config, workdir)
-  except search_loop.Preempted as e:
+  except runs.Preempted as e:
     print(f"jdarts {command}: {e}", file=sys.stderr)
     return 128 + (e.signum or 15)  # the shell's convention for a signalled process
-  except (search_loop.NonFiniteLossError, train.NonFiniteLossError) as e:
+  except runs.NonFiniteLossError as e:
     print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
     return 1
   return 0

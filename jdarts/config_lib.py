@@ -1,9 +1,10 @@
 """Config defaults and validation shared by every search config.
 
 Configs are code: `configs/<experiment>.py` defines `get_config()` starting
-from `search_defaults()` and changing what its paper section says. `validate`
-checks a resolved config up front and raises `ConfigError` with one line that
-names the bad key and the fix.
+from `search_defaults()` and changing what its paper section says. Each block
+is checked by the module that owns it (`jdarts.experiment.validate` calls them
+all) and a bad value raises `ConfigError` with one line that names the key and
+the fix. This module imports nothing of jdarts: everything may raise its error.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def search_defaults() -> ml_collections.ConfigDict:
       cg_iters=20, cg_damping=0.0,
       unroll_solver=False,        # True: Python-unrolled Neumann/CG; faster runs on
                                   # CPU, far longer compiles (benchmarks/RESULTS.md)
+      step_kind="auto",           # 'auto': from the method; or a search.STEP_KINDS name
       fuse_first_order=False))    # True: one lax.scan; 10x slower on CPU (search.py)
   c.parallel = ml_collections.ConfigDict(dict(
       backend="pmap",             # 'pmap' | 'shard_map' | 'none' (see jdarts.parallel)
@@ -80,47 +82,6 @@ def search_defaults() -> ml_collections.ConfigDict:
   # call of every method per probe, plus compiling each once.
   c.hypergrad_probe_every = 0
   return c
-
-
-def validate(c) -> None:
-  """Raises ConfigError naming the first impossible setting of a search config."""
-  from jdarts import hypergrad, spaces
-  from jdarts import data as data_lib
-
-  def need(ok, msg):
-    if not ok:
-      raise ConfigError(msg)
-
-  need(c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}.")
-  need(c.epochs > 0, f"epochs must be positive, got {c.epochs}.")
-  need(c.max_steps >= 0, f"max_steps must be >= 0 (0: no limit), got {c.max_steps}.")
-  need(c.log_every > 0, f"log_every must be positive, got {c.log_every}.")
-  need(0.0 < c.data.train_portion < 1.0,
-       f"data.train_portion must be in (0, 1), got {c.data.train_portion}.")
-  need(c.arch.method in hypergrad.METHODS,
-       f"arch.method={c.arch.method!r} is unknown; choose one of "
-       f"{', '.join(hypergrad.METHODS)}.")
-  need(c.arch.virtual_step in ("optimizer", "sgd"),
-       f"arch.virtual_step must be 'optimizer' or 'sgd', got {c.arch.virtual_step!r}.")
-  from jdarts import parallel
-  need(c.parallel.backend in parallel.BACKENDS, f"parallel.backend="
-       f"{c.parallel.backend!r} is unknown; choose one of {parallel.BACKENDS}.")
-  need(c.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0: every "
-       f"epoch), got {c.checkpoint.every_steps}.")
-  need(c.get("hypergrad_probe_every", 0) >= 0, "hypergrad_probe_every must be >= 0 "
-       f"(0: off), got {c.get('hypergrad_probe_every')}.")
-  need(c.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {c.checkpoint.keep}.")
-  from jdarts.spaces import darts_cnn  # noqa: F401  (registers the built-in space)
-  need(c.space in spaces.SPACES, f"space={c.space!r} is unknown; choose one of "
-       f"{', '.join(spaces.SPACES.names())}.")
-  need(c.data.name in data_lib.DATASETS, f"data.name={c.data.name!r} is unknown; choose "
-       f"one of {', '.join(sorted(data_lib.DATASETS))}.")
-  from jdarts import ops
-  for p in c.model.get("primitives", ()) or ():
-    need(p in ops.OPS, f"model.primitives has unknown operation {p!r}; known: "
-         f"{', '.join(ops.OPS.names())}.")
-  need(c.model.depthwise in ops.DEPTHWISE_IMPLS, f"model.depthwise={c.model.depthwise!r}; "
-       f"choose one of {ops.DEPTHWISE_IMPLS}.")
 
 
 def hypergrad_defaults() -> ml_collections.ConfigDict:

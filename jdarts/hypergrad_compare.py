@@ -178,7 +178,7 @@ def _check_methods(methods, reference) -> tuple:
   return methods
 
 
-def _estimator(method, train_loss, val_loss, w_opt, has_aux, kw) -> Callable:
+def estimator_fn(method, train_loss, val_loss, w_opt, has_aux, kw) -> Callable:
   """`(params, alphas, train_batch, val_batch, w_opt_state, xi) -> g_alpha`."""
 
   def f(params, alphas, train_batch, val_batch, w_opt_state, xi):
@@ -190,7 +190,8 @@ def _estimator(method, train_loss, val_loss, w_opt, has_aux, kw) -> Callable:
   return f
 
 
-def _compile(method, fn, args):
+def compile_estimator(method, fn, args):
+  """(`jax.jit(fn)` compiled ahead of time for `args`, compile seconds)."""
   try:
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
@@ -260,14 +261,14 @@ def compare(train_loss: Callable, val_loss: Callable, params: PyTree, alphas: Py
 
   ref_grad = None
   if reference is not None and reference not in methods:
-    fn = _estimator(reference, train_loss, val_loss, w_opt, has_aux, kw)
-    compiled, _ = _compile(reference, fn, args)
+    fn = estimator_fn(reference, train_loss, val_loss, w_opt, has_aux, kw)
+    compiled, _ = compile_estimator(reference, fn, args)
     ref_grad = jax.device_get(compiled(*args))
 
   rows, grads = [], {}
   for m in methods:
-    fn = _estimator(m, train_loss, val_loss, w_opt, has_aux, kw)
-    compiled, compile_s = _compile(m, fn, args)
+    fn = estimator_fn(m, train_loss, val_loss, w_opt, has_aux, kw)
+    compiled, compile_s = compile_estimator(m, fn, args)
     times = time_calls(compiled, args, repeats)
     grads[m] = jax.device_get(compiled(*args))
     row = {"method": m, "cos_sim": float("nan"), "rel_err": float("nan"),
@@ -344,8 +345,8 @@ def fd_eps_sweep(train_loss: Callable, val_loss: Callable, params: PyTree, alpha
     params, alphas, train_batch, val_batch, w_opt_state, xi = to_float64(
         (params, alphas, train_batch, val_batch, w_opt_state, jnp.asarray(xi)))
   args = (params, alphas, train_batch, val_batch, w_opt_state, xi)
-  ref_fn = _estimator(reference, train_loss, val_loss, w_opt, has_aux, kw)
-  ref_compiled, _ = _compile(reference, ref_fn, args)
+  ref_fn = estimator_fn(reference, train_loss, val_loss, w_opt, has_aux, kw)
+  ref_compiled, _ = compile_estimator(reference, ref_fn, args)
   ref = jax.device_get(ref_compiled(*args))
   dtype = str(jax.tree.leaves(ref)[0].dtype)
 
@@ -356,7 +357,7 @@ def fd_eps_sweep(train_loss: Callable, val_loss: Callable, params: PyTree, alpha
     return g[0] if has_aux else g
 
   eps_dtype = jnp.result_type(jax.tree.leaves(params)[0]) if jax.tree.leaves(params) else None
-  fd_compiled, _ = _compile("finite_difference", fd,
+  fd_compiled, _ = compile_estimator("finite_difference", fd,
                             args + (jnp.asarray(eps[0], eps_dtype),))
   ref_norm = np.linalg.norm(flatten(ref))
   rows = []

@@ -28,61 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdarts import config_lib
-from jdarts import hypergrad
+from jdarts import experiment
 from jdarts import hypergrad_compare as hc
+from jdarts import hypergrad_probe as probe_lib
+from jdarts import runs
 from jdarts import search as search_lib
 
 log = logging.getLogger("jdarts")
 
 CSV_FIELDS = ("eps", "abs_err", "rel_err", "cos_sim", "dtype", "reference")
-
-
-def validate(cfg) -> None:
-  """Raises ConfigError naming a bad `hypergrad` setting."""
-  h = cfg.get("hypergrad")
-  if h is None:
-    raise config_lib.ConfigError("the config has no 'hypergrad' block; start it from "
-                                 "config_lib.search_defaults().")
-  methods = _methods(h.methods)
-  if not methods:
-    raise config_lib.ConfigError("hypergrad.methods is empty; choose some of "
-                                 f"{', '.join(hypergrad.METHODS)}.")
-  for m in list(methods) + ([h.reference] if _reference(h) else []):
-    if m not in hypergrad.METHODS:
-      raise config_lib.ConfigError(f"hypergrad method {m!r} is unknown; choose from "
-                                   f"{', '.join(hypergrad.METHODS)}.")
-  if len(set(methods)) != len(methods):
-    raise config_lib.ConfigError(f"hypergrad.methods lists a method twice: {methods}.")
-  if h.fd_reference not in ("exact_hvp", "unrolled"):
-    raise config_lib.ConfigError("hypergrad.fd_reference must be 'exact_hvp' or "
-                                 f"'unrolled', got {h.fd_reference!r}.")
-  if h.repeats < 1:
-    raise config_lib.ConfigError(f"hypergrad.repeats must be >= 1, got {h.repeats}.")
-  if h.fd_sweep and not (0 < h.fd_eps_min <= h.fd_eps_max and h.fd_eps_num >= 2):
-    raise config_lib.ConfigError(
-        "need 0 < hypergrad.fd_eps_min <= hypergrad.fd_eps_max and fd_eps_num >= 2, got "
-        f"{h.fd_eps_min}, {h.fd_eps_max}, {h.fd_eps_num}.")
-
-
-def _reference(h) -> Optional[str]:
-  """The `hypergrad.reference` method; None for '' or 'none' (no comparison)."""
-  ref = h.get("reference")
-  return None if not ref or str(ref).lower() == "none" else ref
-
-
-def _methods(value) -> List[str]:
-  if isinstance(value, str):
-    return [m.strip() for m in value.split(",") if m.strip()]
-  return list(value)
-
-
-def _space_cfg(cfg, dtype: Optional[str] = None):
-  cfg = cfg.copy_and_resolve_references()
-  if dtype is not None:
-    with cfg.unlocked():
-      cfg.model.dtype = dtype
-  return cfg
 
 
 def build_state(cfg, workdir: Optional[str]):
@@ -99,11 +53,11 @@ def build_state(cfg, workdir: Optional[str]):
     ConfigError: the batch is larger than a search split.
     CheckpointMismatchError, CheckpointCorruptError: see `jdarts.checkpoint`.
   """
-  from jdarts import search_loop
-  train_it, val_it, info, eval_sources = search_loop.build_data(cfg)
-  steps_per_epoch = search_loop.search_epoch_steps(cfg, train_it, val_it, eval_sources)
-  space = search_loop.build_space(cfg, info)
-  schedule, w_opt, _, state = search_loop.init_search(cfg, space, info, steps_per_epoch)
+  data = experiment.build_data(cfg)
+  train_it, val_it, info = data.train, data.val, data.info
+  space = experiment.build_space(cfg, info)
+  schedule, w_opt, _, state = experiment.init_search(
+      cfg, space, experiment.steps_per_epoch(cfg, data))
   restored_step = None
   ckpt_dir = os.path.join(workdir, "checkpoints") if workdir else None
   if ckpt_dir and os.path.isdir(ckpt_dir):
@@ -127,16 +81,6 @@ def build_state(cfg, workdir: Optional[str]):
               schedule=schedule, info=info, train_batch=train_batch, val_batch=val_batch)
 
 
-def _step_xi(arch, lr: float) -> float:
-  """The virtual step's xi of the search step: `arch.xi`, or the weights' lr when < 0."""
-  return lr if arch.xi < 0 else float(arch.xi)
-
-
-def _real_step(arch) -> bool:
-  """Whether the virtual step is the real optax update (else plain SGD)."""
-  return arch.get("virtual_step", "optimizer") == "optimizer"
-
-
 def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
   """Compares the hypergradient estimators on a config's search state.
 
@@ -150,37 +94,40 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
     The dict written to hypergrad.json: 'setting', 'rows' (see
     `hypergrad_compare.compare`), 'fd_sweep' (rows) and 'fd_sweep_summary'.
   """
-  config_lib.validate(cfg)
-  validate(cfg)
+  experiment.validate(cfg)
+  probe_lib.validate(cfg)
   h = cfg.hypergrad
-  from jdarts import search_loop
   if workdir:
-    search_loop.prepare_workdir(workdir)
-  search_loop.enable_compilation_cache(cfg.get("compilation_cache_dir", ""))
+    runs.prepare_workdir(workdir)
+  runs.enable_compilation_cache(cfg.get("compilation_cache_dir", ""))
   built = build_state(cfg, workdir)
   state, space, w_opt = built["state"], built["space"], built["w_opt"]
   tb, vb = built["train_batch"], built["val_batch"]
   lr = float(built["schedule"](state.step))
-  xi = _step_xi(cfg.arch, lr)
-  real_step = _real_step(cfg.arch)
+  xi = probe_lib.step_xi(cfg.arch, lr)
+  real_step = probe_lib.real_virtual_step(cfg.arch)
   opt_kw = dict(w_opt=w_opt, w_opt_state=state.w_opt_state) if real_step else {}
-  loss = lambda p, a, b: space.loss(p, a, b)[0]
-  methods = _methods(h.methods)
+  loss = probe_lib.packed_loss(space)
+  # The search step's keys and initial carries, packed with each batch.
+  k_val, k_train = search_lib.step_keys(state, None)
+  carry = state.carry or {"train": None, "val": None}
+  tb, vb = (tb, k_train, carry["train"]), (vb, k_val, carry["val"])
+  methods = probe_lib.method_list(h.methods)
   setting = {
       "space": cfg.space, "dataset": cfg.data.name, "batch_size": int(cfg.batch_size),
       "init_channels": int(cfg.model.init_channels), "layers": int(cfg.model.layers),
       "step": int(state.step), "restored_checkpoint_step": built["restored_step"],
       "xi": xi, "virtual_step": "optimizer" if real_step else "sgd",
-      "reference": _reference(h), "repeats": int(h.repeats),
+      "reference": probe_lib.reference_method(h), "repeats": int(h.repeats),
       "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
       "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
       "jax": jax.__version__, **search_lib.estimator_options(cfg.arch)}
   print(f"hypergradient estimators on {cfg.space}/{cfg.data.name}, step {setting['step']}"
         f"{' (restored)' if built['restored_step'] is not None else ' (initial state)'}, "
         f"batch {cfg.batch_size}, xi {xi:.4g}, virtual step {setting['virtual_step']}, "
-        f"{jax.default_backend()}; vs {_reference(h)}:")
+        f"{jax.default_backend()}; vs {probe_lib.reference_method(h)}:")
   rows = hc.compare(loss, loss, state.params, state.alphas, tb, vb, methods=methods, xi=xi,
-                    reference=_reference(h), repeats=int(h.repeats), **opt_kw,
+                    reference=probe_lib.reference_method(h), repeats=int(h.repeats), **opt_kw,
                     **search_lib.estimator_options(cfg.arch))
   print(hc.format_table(rows), flush=True)
   result = {"setting": setting, "rows": rows, "fd_sweep": [], "fd_sweep_summary": None}
@@ -191,8 +138,8 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
     sweep_kw = dict(xi=xi, eps=eps, reference=h.fd_reference, **opt_kw)
     if h.float64:
       with jax.enable_x64(True):
-        space64 = search_loop.build_space(_space_cfg(cfg, "float64"), built["info"])
-        loss64 = lambda p, a, b: space64.loss(p, a, b)[0]
+        loss64 = probe_lib.packed_loss(experiment.build_space(
+            experiment.with_dtype(cfg, "float64"), built["info"]))
         sweep = hc.fd_eps_sweep(loss64, loss64, state.params, state.alphas, tb, vb,
                                 float64=True, **sweep_kw)
     else:
@@ -205,101 +152,6 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
   if workdir:
     write_outputs(workdir, result)
   return result
-
-
-class Probe:
-  """The estimator comparison recorded during a search (`config.hypergrad_probe_every`).
-
-  Every `every` steps, before the search step runs, every method of
-  `cfg.hypergrad.methods` (and `cfg.hypergrad.reference`) is computed on the
-  current search state and on the very batches that step is about to use, with
-  the step's own settings (xi, virtual step, fd_eps, Neumann/CG), and one JSON
-  line per method is appended to `path`::
-
-    {"step": 40, "method": "exact_hvp", "reference": "unrolled", "cos_sim": ...,
-     "rel_err": ..., "grad_norm": ..., "ms": ..., "compile_s": ..., "xi": ...}
-
-  `ms` is the wall time of that call; `compile_s` is non-zero on the first
-  probe only (each estimator is compiled once, ahead of time). The probe only
-  reads the state: a search with probes ends bitwise where one without ends.
-  It runs on one device over the whole batch of this process, with BatchNorm
-  moments over that batch (`cross_replica_bn=True` semantics).
-  """
-
-  def __init__(self, cfg, space, w_opt, schedule, path: str):
-    validate(cfg)
-    h = cfg.hypergrad
-    self.every = int(cfg.get("hypergrad_probe_every", 0))
-    self.path = path
-    self.methods = _methods(h.methods)
-    self.reference = _reference(h)
-    self.space, self.w_opt, self.schedule = space, w_opt, schedule
-    self.arch = cfg.arch
-    self.real_step = _real_step(cfg.arch)
-    self._compiled: Dict[str, Any] = {}
-
-  def due(self, step: int) -> bool:
-    """Whether the step about to run from `step` is probed."""
-    return self.every > 0 and step % self.every == 0
-
-  def _xi(self, state):
-    return jnp.asarray(_step_xi(self.arch, float(self.schedule(state.step))))
-
-  def __call__(self, step: int, state, train_batch, val_batch) -> List[Dict[str, Any]]:
-    """Computes every method at `state`; appends and returns the rows.
-
-    Args:
-      step: the search step the state is at (rows are keyed by it).
-      state: an unreplicated `SearchState`.
-      train_batch, val_batch: {'image': (B, H, W, C), 'label': (B,)}, the
-        batches of the step about to run.
-    """
-    import time
-    loss = lambda p, a, b: self.space.loss(p, a, b)[0]
-    # Through host memory: one uncommitted copy on the default device, whatever
-    # sharding the search step keeps the state in (the executables are AOT).
-    to_jnp = lambda t: jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)), t)
-    xi = self._xi(state)
-    w_opt = self.w_opt if self.real_step else None
-    w_os = state.w_opt_state if self.real_step else None
-    args = (to_jnp(state.params), to_jnp(state.alphas), to_jnp(train_batch),
-            to_jnp(val_batch), to_jnp(w_os), xi)
-    names = list(self.methods)
-    if self.reference is not None and self.reference not in names:
-      names.append(self.reference)
-    grads, rows = {}, []
-    for m in names:
-      compile_s = 0.0
-      if m not in self._compiled:
-        fn = hc._estimator(m, loss, loss, w_opt, False,
-                           search_lib.estimator_options(self.arch))
-        self._compiled[m], compile_s = hc._compile(m, fn, args)
-      t0 = time.perf_counter()
-      grads[m] = jax.device_get(jax.block_until_ready(self._compiled[m](*args)))
-      if m in self.methods:
-        rows.append({"step": int(step), "method": m, "reference": self.reference,
-                     "grad_norm": float(np.linalg.norm(hc.flatten(grads[m]))),
-                     "ms": 1e3 * (time.perf_counter() - t0), "compile_s": compile_s,
-                     "xi": float(xi)})
-    for row in rows:
-      if self.reference is None:
-        row["cos_sim"] = row["rel_err"] = None
-      else:
-        row["cos_sim"] = hc.cosine_similarity(grads[row["method"]], grads[self.reference])
-        row["rel_err"] = hc.relative_error(grads[row["method"]], grads[self.reference])
-    with open(self.path, "a") as f:
-      for row in rows:
-        f.write(json.dumps(_jsonable(row)) + "\n")
-    return rows
-
-  @staticmethod
-  def format(step: int, rows) -> str:
-    """One line: each method's cosine similarity to the reference."""
-    if not rows or rows[0]["reference"] is None:
-      return f"hypergrad probe at step {step}: " + ", ".join(
-          f"{r['method']} |g| {r['grad_norm']:.3g}" for r in rows)
-    return (f"hypergrad probe at step {step} (cos-sim vs {rows[0]['reference']}): "
-            + ", ".join(f"{r['method']} {r['cos_sim']:.4f}" for r in rows))
 
 
 def describe_sweep(summary: Dict[str, Any], sweep, paper_eps: float) -> str:
@@ -329,8 +181,7 @@ def _at_eps(sweep, eps) -> str:
 
 def write_outputs(workdir: str, result: Dict[str, Any]) -> None:
   """Writes hypergrad.json, and fd_sweep.csv / fd_sweep.png when a sweep was run."""
-  from jdarts import search_loop
-  search_loop.write_json(os.path.join(workdir, "hypergrad.json"), _jsonable(result))
+  runs.write_json(os.path.join(workdir, "hypergrad.json"), probe_lib.jsonable(result))
   written = ["hypergrad.json"]
   if result["fd_sweep"]:
     write_csv(os.path.join(workdir, "fd_sweep.csv"), result["fd_sweep"])
@@ -338,18 +189,6 @@ def write_outputs(workdir: str, result: Dict[str, Any]) -> None:
     if plot_sweep(os.path.join(workdir, "fd_sweep.png"), result["fd_sweep"]):
       written.append("fd_sweep.png")
   print(f"wrote {', '.join(written)} to {workdir}")
-
-
-def _jsonable(obj):
-  if isinstance(obj, dict):
-    return {k: _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, (np.floating, np.integer)):
-    obj = obj.item()
-  if isinstance(obj, float) and not np.isfinite(obj):
-    return None if np.isnan(obj) else ("inf" if obj > 0 else "-inf")
-  return obj
 
 
 def write_csv(path: str, sweep: Sequence[Dict[str, Any]]) -> None:

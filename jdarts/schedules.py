@@ -1,13 +1,27 @@
-"""Learning-rate schedules as optax schedules (functions of the step count).
+"""Learning-rate schedules as optax schedules (functions of the step count), by name.
+
+`SCHEDULES` maps a name to a `Schedule`: a builder from the `optim` config block
+plus the run's epochs and steps per epoch, and the check of the keys it reads.
+Search and train both build their weights' rate with `make_schedule`; users
+register their own with `SCHEDULES.register('name', Schedule(build, validate))`.
 
 * `cosine_by_epoch`: the DARTS reference's `CosineAnnealingLR(epochs, eta_min)`
-  stepped once per epoch, so the rate is constant within an epoch.
+  stepped once per epoch, so the rate is constant within an epoch (A.1.1).
 * `cosine`: the same curve evaluated at every step.
 * `exponential_by_epoch`: lr * decay ** epoch (DARTS ImageNet, paper A.2.3).
+* `constant`: lr.
 """
 from __future__ import annotations
 
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
 import jax.numpy as jnp
+
+from jdarts.config_lib import ConfigError
+from jdarts.registry import Registry
+
+ScheduleFn = Callable[[Any], Any]
 
 
 def cosine_by_epoch(lr: float, lr_min: float, epochs: int, steps_per_epoch: int):
@@ -37,5 +51,67 @@ def exponential_by_epoch(lr: float, decay: float, steps_per_epoch: int):
   return schedule
 
 
-SCHEDULES = {"cosine_by_epoch": cosine_by_epoch, "cosine": cosine,
-             "exponential_by_epoch": exponential_by_epoch}
+def constant(lr: float):
+  """lr at every step, as a float32 scalar."""
+  return lambda step: jnp.asarray(lr, jnp.float32)
+
+
+class Schedule(NamedTuple):
+  """A registered schedule.
+
+  Attributes:
+    build: `(optim_cfg, epochs, steps_per_epoch) -> step -> learning rate`.
+    validate: `(optim_cfg) -> None`, raising ConfigError on the keys `build`
+      reads; None when it reads only `learning_rate`.
+  """
+  build: Callable[[Any, int, int], ScheduleFn]
+  validate: Optional[Callable[[Any], None]] = None
+
+
+SCHEDULES = Registry("learning-rate schedule")
+
+
+def _finite(cfg, key: str, low: float = 0.0, strict: bool = False) -> float:
+  v = cfg.get(key)
+  ok = isinstance(v, (int, float)) and math.isfinite(v) and (v > low if strict else v >= low)
+  if not ok:
+    raise ConfigError(f"optim.{key} must be a finite number {'>' if strict else '>='} "
+                      f"{low}, got {v!r}.")
+  return float(v)
+
+
+def _check_lr_min(cfg) -> None:
+  lr_min = _finite(cfg, "learning_rate_min")
+  if lr_min > cfg.learning_rate:
+    raise ConfigError(f"optim.learning_rate_min={lr_min} is above optim.learning_rate="
+                      f"{cfg.learning_rate}; cosine annealing goes from the rate down to it.")
+
+
+SCHEDULES.register("cosine_by_epoch", Schedule(
+    lambda c, epochs, spe: cosine_by_epoch(c.learning_rate, c.learning_rate_min, epochs, spe),
+    _check_lr_min))
+SCHEDULES.register("cosine", Schedule(
+    lambda c, epochs, spe: cosine(c.learning_rate, c.learning_rate_min, epochs * spe),
+    _check_lr_min))
+SCHEDULES.register("exponential_by_epoch", Schedule(
+    lambda c, epochs, spe: exponential_by_epoch(c.learning_rate, c.lr_decay, spe),
+    lambda c: _finite(c, "lr_decay", strict=True)))
+SCHEDULES.register("constant", Schedule(lambda c, epochs, spe: constant(c.learning_rate)))
+
+
+def validate(optim_cfg) -> None:
+  """Raises ConfigError for an unknown `optim.schedule` or a bad key it reads."""
+  name = optim_cfg.get("schedule", "cosine_by_epoch")
+  if name not in SCHEDULES:
+    raise ConfigError(f"optim.schedule={name!r} is unknown; choose one of "
+                      f"{', '.join(SCHEDULES.names())}.")
+  _finite(optim_cfg, "learning_rate", strict=True)
+  check = SCHEDULES.get(name).validate
+  if check is not None:
+    check(optim_cfg)
+
+
+def make_schedule(optim_cfg, epochs: int, steps_per_epoch: int) -> ScheduleFn:
+  """The `optim.schedule` of a config as a function step -> learning rate."""
+  return SCHEDULES.get(optim_cfg.get("schedule", "cosine_by_epoch")).build(
+      optim_cfg, epochs, steps_per_epoch)

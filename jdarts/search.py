@@ -1,22 +1,30 @@
-"""Architecture search: the search state, its optimisers, and the pure search step.
+"""Architecture search: the search state and the pure search step, by step kind.
 
 The state is one pytree (`SearchState`): weights, alphas, both optimiser states,
-the step and the RNG. One search step is a pure function
+the step, the RNG and the space's carry. One search step is a pure function
 
     step(state, train_batch, val_batch) -> (state, metrics)
 
-that first updates the alphas with an architecture-gradient estimator from
-`jdarts.hypergrad` (on the validation batch) and then the weights (on the
-training batch, with the updated alphas), as in Algorithm 1 of the DARTS paper.
+built for a step kind of `STEP_KINDS`:
+
+* 'bilevel' (DARTS Algorithm 1): update the alphas with an architecture-gradient
+  estimator of `jdarts.hypergrad` on the validation batch, then the weights on
+  the training batch with the updated alphas.
+* 'single_level' (Single-DARTS): one joint gradient on the training batch
+  updates weights and alphas together; the validation batch is only measured.
+* 'fused_first_order': 'bilevel' with `first_order`, both half-steps in one
+  two-iteration `lax.scan` (same numbers, less compile time, slow on XLA:CPU).
+
 It is written once in per-device form: with `axis_name` set, gradients and
 metrics are averaged over that device axis, so the same function runs under
-`jax.jit` on one device or `jax.pmap`/`shard_map` on many.
-
-The loop that drives it (data, logging, outputs) lives in `jdarts.search_loop`.
+`jax.jit` on one device or `jax.pmap`/`shard_map` on many. It sees the space
+only through `jdarts.spaces.SearchSpace`: `space.loss(params, alphas, batch,
+rng, carry)`, with `rng = fold_in(fold_in(state.rng, step), device)` and the
+carry of each stream (train, val) threaded through `state.carry`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import flax
 import jax
@@ -24,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from jdarts import hypergrad
-from jdarts import schedules
+from jdarts.registry import Registry
 
 PyTree = Any
 
@@ -41,6 +49,8 @@ class SearchState:
     a_opt_state: optimiser state of the alphas.
     rng: PRNG key; step keys are `fold_in(rng, step)`, so a resumed run draws
       the same numbers as an uninterrupted one.
+    carry: None, or {'train': c, 'val': c}: what the space carries from one
+      batch of each stream to the next (leaves with the global batch axis first).
   """
   step: jnp.ndarray
   params: PyTree
@@ -48,60 +58,33 @@ class SearchState:
   w_opt_state: PyTree
   a_opt_state: PyTree
   rng: jnp.ndarray
-
-
-def weight_schedule(optim_cfg, epochs: int, steps_per_epoch: int):
-  """The weights' learning rate as a function of the step (paper A.1.1: cosine)."""
-  name = optim_cfg.get("schedule", "cosine_by_epoch")
-  if name == "cosine_by_epoch":
-    return schedules.cosine_by_epoch(optim_cfg.learning_rate, optim_cfg.learning_rate_min,
-                                     epochs, steps_per_epoch)
-  if name == "cosine":
-    return schedules.cosine(optim_cfg.learning_rate, optim_cfg.learning_rate_min,
-                            epochs * steps_per_epoch)
-  if name == "constant":
-    return lambda step: jnp.asarray(optim_cfg.learning_rate, jnp.float32)
-  raise ValueError(f"Unknown optim.schedule {name!r}; choose cosine_by_epoch, cosine "
-                   "or constant.")
-
-
-def weight_optimizer(optim_cfg, schedule) -> optax.GradientTransformation:
-  """Momentum SGD with coupled weight decay and global-norm clipping.
-
-  Matches the reference: the raw gradient is clipped to `grad_clip`, then
-  `weight_decay * w` is added, then momentum SGD (PyTorch's convention, which
-  optax.sgd follows: buf = momentum * buf + g; w -= lr * buf).
-  """
-  parts = []
-  if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))
-  if optim_cfg.weight_decay:
-    parts.append(optax.add_decayed_weights(optim_cfg.weight_decay))
-  parts.append(optax.sgd(schedule, momentum=optim_cfg.momentum or None))
-  return optax.chain(*parts)
-
-
-def arch_optimizer(arch_cfg) -> optax.GradientTransformation:
-  """Adam with L2 weight decay added to the gradient (PyTorch Adam's weight_decay)."""
-  parts = []
-  if arch_cfg.weight_decay:
-    parts.append(optax.add_decayed_weights(arch_cfg.weight_decay))
-  parts.append(optax.adam(arch_cfg.learning_rate, b1=arch_cfg.b1, b2=arch_cfg.b2))
-  return optax.chain(*parts)
+  carry: Optional[PyTree] = None
 
 
 def init_state(space, rng, sample_batch, w_opt, a_opt) -> SearchState:
-  """Initial search state: weights from `space.init`, alphas from `space.init_alphas`."""
+  """Initial search state: weights from `space.init`, alphas from `space.init_alphas`.
+
+  `sample_batch` sets the input shapes; its batch size is the global batch the
+  carries are made for (`space.init_carry`).
+  """
   k_params, k_alphas, k_run = jax.random.split(rng, 3)
   params = space.init(k_params, sample_batch)
   alphas = space.init_alphas(k_alphas)
+  batch_size = jax.tree_util.tree_leaves(sample_batch)[0].shape[0]
+  carry = space.init_carry(batch_size)
   return SearchState(step=jnp.zeros((), jnp.int32), params=params, alphas=alphas,
                      w_opt_state=w_opt.init(params), a_opt_state=a_opt.init(alphas),
-                     rng=k_run)
+                     rng=k_run,
+                     carry=None if carry is None else {"train": carry, "val": carry})
 
 
-def _global_norm(tree):
-  return optax.tree_utils.tree_norm(tree)
+def step_keys(state: SearchState, axis_name: Optional[str]):
+  """(val key, train key) of this step on this device (see the module docstring)."""
+  key = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  k_val, k_train = jax.random.split(key)
+  return k_val, k_train
 
 
 def _pmean(tree, axis_name):
@@ -110,6 +93,20 @@ def _pmean(tree, axis_name):
 
 def _select(pred, a, b):
   return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def bind_loss(space, rng, carry) -> Callable:
+  """`(params, alphas, batch) -> (loss, (aux, new carry))` with rng and carry fixed.
+
+  The estimators differentiate w.r.t. params and alphas only; the carry coming
+  in is a constant (truncated backpropagation through time).
+  """
+  carry = jax.lax.stop_gradient(carry)
+
+  def loss(params, alphas, batch):
+    value, aux, new_carry = space.loss(params, alphas, batch, rng, carry)
+    return value, (aux, new_carry)
+  return loss
 
 
 def estimator_options(arch_cfg) -> dict:
@@ -127,144 +124,191 @@ def estimator_options(arch_cfg) -> dict:
               unroll_solver=arch_cfg.get("unroll_solver", False))
 
 
+class StepContext(NamedTuple):
+  """What a step kind's builder gets.
+
+  Attributes:
+    space: the search space.
+    arch_cfg: the config's `arch` block (method, xi, virtual_step, options).
+    w_opt, a_opt: optax optimisers of the weights and the alphas.
+    schedule: the weights' learning rate as a function of the step.
+    axis_name: device axis, or None on one device.
+  """
+  space: Any
+  arch_cfg: Any
+  w_opt: optax.GradientTransformation
+  a_opt: optax.GradientTransformation
+  schedule: Callable
+  axis_name: Optional[str]
+
+
+STEP_KINDS = Registry("search step kind")
+
+
+def step_kind_for(arch_cfg) -> str:
+  """`arch.step_kind`, or for 'auto' the kind the estimator implies."""
+  kind = arch_cfg.get("step_kind", "auto")
+  if kind != "auto":
+    return kind
+  if arch_cfg.method == "single_level":
+    return "single_level"
+  if arch_cfg.method == "first_order" and arch_cfg.get("fuse_first_order", False):
+    return "fused_first_order"
+  return "bilevel"
+
+
+def _metrics(ctx: StepContext, state, train_aux, val_aux, grad_norm, alpha_grad_norm):
+  names = ("loss",) + tuple(ctx.space.metric_names)
+  metrics = {f"train_{k}": train_aux[k] for k in names}
+  metrics.update({f"val_{k}": val_aux[k] for k in names})
+  metrics = _pmean(metrics, ctx.axis_name)
+  metrics.update(lr=jnp.asarray(ctx.schedule(state.step), jnp.float32),
+                 grad_norm=grad_norm, alpha_grad_norm=alpha_grad_norm)
+  return metrics
+
+
+def _norm(tree):
+  return optax.tree_utils.tree_norm(tree)
+
+
+def _carries(state):
+  c = state.carry
+  return (None, None) if c is None else (c["train"], c["val"])
+
+
+def _new_carry(state, c_train, c_val):
+  return None if state.carry is None else {"train": c_train, "val": c_val}
+
+
+@STEP_KINDS.register("bilevel")
+def _bilevel(ctx: StepContext) -> Callable:
+  arch, axis = ctx.arch_cfg, ctx.axis_name
+
+  def step(state, train_batch, val_batch):
+    k_val, k_train = step_keys(state, axis)
+    c_train, c_val = _carries(state)
+    train_loss = bind_loss(ctx.space, k_train, c_train)
+    val_loss = bind_loss(ctx.space, k_val, c_val)
+    lr = ctx.schedule(state.step)
+    xi = jnp.where(arch.xi < 0, lr, arch.xi)
+    real_step = arch.get("virtual_step", "optimizer") == "optimizer"
+    g_a, (val_aux, c_val) = hypergrad.arch_grad(
+        arch.method, train_loss, val_loss, state.params, state.alphas, train_batch,
+        val_batch, xi=xi, optimizer=ctx.w_opt if real_step else None,
+        opt_state=state.w_opt_state if real_step else None,
+        has_aux=True, axis_name=axis, **estimator_options(arch))
+    g_a = _pmean(g_a, axis)
+    a_upd, a_os = ctx.a_opt.update(g_a, state.a_opt_state, state.alphas)
+    alphas = optax.apply_updates(state.alphas, a_upd)
+    (_, (train_aux, c_train)), g_p = jax.value_and_grad(train_loss, has_aux=True)(
+        state.params, alphas, train_batch)
+    g_p = _pmean(g_p, axis)
+    w_upd, w_os = ctx.w_opt.update(g_p, state.w_opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, w_upd),
+                        alphas=alphas, w_opt_state=w_os, a_opt_state=a_os,
+                        carry=_new_carry(state, c_train, c_val))
+    return new, _metrics(ctx, state, train_aux, val_aux, _norm(g_p), _norm(g_a))
+  return step
+
+
+def _joint(loss, params, alphas, batch, axis):
+  (_, aux), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+      params, alphas, batch)
+  return aux, _pmean(grads, axis)
+
+
+@STEP_KINDS.register("single_level")
+def _single_level(ctx: StepContext) -> Callable:
+  axis = ctx.axis_name
+
+  def step(state, train_batch, val_batch):
+    k_val, k_train = step_keys(state, axis)
+    c_train, c_val = _carries(state)
+    (train_aux, c_train), (g_p, g_a) = _joint(
+        bind_loss(ctx.space, k_train, c_train), state.params, state.alphas, train_batch,
+        axis)
+    a_upd, a_os = ctx.a_opt.update(g_a, state.a_opt_state, state.alphas)
+    w_upd, w_os = ctx.w_opt.update(g_p, state.w_opt_state, state.params)
+    _, (val_aux, c_val) = bind_loss(ctx.space, k_val, c_val)(
+        state.params, state.alphas, val_batch)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, w_upd),
+                        alphas=optax.apply_updates(state.alphas, a_upd), w_opt_state=w_os,
+                        a_opt_state=a_os, carry=_new_carry(state, c_train, c_val))
+    return new, _metrics(ctx, state, train_aux, val_aux, _norm(g_p), _norm(g_a))
+  return step
+
+
+@STEP_KINDS.register("fused_first_order")
+def _fused_first_order(ctx: StepContext) -> Callable:
+  """First-order bilevel as a two-iteration `lax.scan` over (val, train) half-steps.
+
+  Same numbers as 'bilevel' with `first_order` and ~30% less compile time, but
+  on XLA:CPU ~10x slower per step (C=8, 2 and 5 cells, batch 16: 14.9 s vs
+  1.4 s; 38 s vs 4.6 s): the convolutions inside the loop body miss the fast
+  paths. Measure before choosing it elsewhere.
+  """
+  axis = ctx.axis_name
+  if ctx.arch_cfg.method != "first_order":
+    raise ValueError("step kind 'fused_first_order' needs arch.method='first_order', got "
+                     f"{ctx.arch_cfg.method!r}.")
+
+  def step(state, train_batch, val_batch):
+    k_val, k_train = step_keys(state, axis)
+    stack = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.stack([x, y]), a, b)
+    batches = stack(val_batch, train_batch)
+    c_train, c_val = _carries(state)
+    carries = None if state.carry is None else stack(c_val, c_train)
+
+    def body(loop, xs):
+      params, alphas, w_os, a_os = loop
+      batch, key, carry, is_arch = xs
+      (aux, new_c), (g_p, g_a) = _joint(bind_loss(ctx.space, key, carry), params, alphas,
+                                        batch, axis)
+      a_upd, a_os_new = ctx.a_opt.update(g_a, a_os, alphas)
+      w_upd, w_os_new = ctx.w_opt.update(g_p, w_os, params)
+      loop = (_select(is_arch, params, optax.apply_updates(params, w_upd)),
+              _select(is_arch, optax.apply_updates(alphas, a_upd), alphas),
+              _select(is_arch, w_os, w_os_new), _select(is_arch, a_os_new, a_os))
+      return loop, (aux, new_c, _norm(g_p), _norm(g_a))
+
+    loop = (state.params, state.alphas, state.w_opt_state, state.a_opt_state)
+    (params, alphas, w_os, a_os), (aux, new_c, g_p, g_a) = jax.lax.scan(
+        body, loop, (batches, jnp.stack([k_val, k_train]), carries,
+                     jnp.array([True, False])))
+    pick = lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree)
+    new = state.replace(step=state.step + 1, params=params, alphas=alphas, w_opt_state=w_os,
+                        a_opt_state=a_os,
+                        carry=_new_carry(state, pick(new_c, 1), pick(new_c, 0)))
+    return new, _metrics(ctx, state, pick(aux, 1), pick(aux, 0), pick(g_p, 1),
+                         pick(g_a, 0))
+  return step
+
+
 def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
-                     axis_name: Optional[str] = None,
-                     fuse_first_order: bool = False) -> Callable:
+                     axis_name: Optional[str] = None) -> Callable:
   """Builds the per-device search step `(state, train_batch, val_batch) -> (state, metrics)`.
 
   Args:
-    space: a search space (see `jdarts.spaces`): `space.loss(params, alphas,
-      batch) -> (loss, aux)`.
+    space: a search space (`jdarts.spaces.SearchSpace`).
     arch_cfg: the config's `arch` block: `method` (a `hypergrad.METHODS` name),
-      `xi` (virtual-step learning rate; negative: the weights' current
-      learning rate, paper footnote 1), `virtual_step` ('optimizer': the
-      real optax weight update incl. momentum, weight decay and clipping;
-      'sgd': plain w - xi * g), `fd_eps`, `neumann_terms`, `neumann_lr`,
-      `cg_iters`, `cg_damping`.
+      `step_kind` ('auto' or a `STEP_KINDS` name), `xi` (virtual-step learning
+      rate; negative: the weights' current learning rate, paper footnote 1),
+      `virtual_step` ('optimizer': the real optax weight update incl.
+      momentum, weight decay and clipping; 'sgd': plain w - xi * g),
+      `fd_eps`, `neumann_terms`, `neumann_lr`, `cg_iters`, `cg_damping`,
+      `unroll_solver`, `fuse_first_order`.
     w_opt, a_opt: optax optimisers of the weights and the alphas.
     schedule: the weights' learning rate as a function of the step.
     axis_name: device axis to average gradients, metrics and (if the space
       was built with it) BatchNorm moments over; None on one device.
-    fuse_first_order: for 'first_order', run the architecture and the weight
-      half-steps through one compiled gradient computation (a two-iteration
-      `lax.scan`). Same numbers and ~30% less compile time, but on XLA:CPU
-      ~10x slower per step (C=8, 2 and 5 cells, batch 16: 14.9 s vs 1.4 s;
-      38 s vs 4.6 s): the convolutions inside the loop body miss the fast
-      paths. Off by default; measure before turning it on elsewhere.
 
   Returns:
-    The step function; metrics are float32 scalars: train_loss,
-    train_accuracy, val_loss, val_accuracy, lr, grad_norm, alpha_grad_norm.
+    The step function; metrics are float32 scalars: train_loss, val_loss,
+    train_<m> and val_<m> for each of `space.metric_names`, lr, grad_norm,
+    alpha_grad_norm.
   """
-  method = arch_cfg.method
-  if method not in hypergrad.METHODS:
-    raise ValueError(f"Unknown arch.method {method!r}; choose one of "
+  if arch_cfg.method not in hypergrad.METHODS:
+    raise ValueError(f"Unknown arch.method {arch_cfg.method!r}; choose one of "
                      f"{', '.join(hypergrad.METHODS)}.")
-  loss_fn = space.loss
-
-  def joint(params, alphas, batch):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        params, alphas, batch)
-    return aux, _pmean(grads, axis_name)
-
-  def weight_half(state, alphas, batch, a_metrics):
-    (_, aux), g_p = jax.value_and_grad(loss_fn, has_aux=True)(state.params, alphas, batch)
-    g_p = _pmean(g_p, axis_name)
-    upd, w_os = w_opt.update(g_p, state.w_opt_state, state.params)
-    params = optax.apply_updates(state.params, upd)
-    return params, w_os, aux, g_p
-
-  def finish(state, params, alphas, w_os, a_os, train_aux, val_aux, g_p, g_a):
-    metrics = {"train_loss": train_aux["loss"], "train_accuracy": train_aux["accuracy"],
-               "val_loss": val_aux["loss"], "val_accuracy": val_aux["accuracy"]}
-    metrics = _pmean(metrics, axis_name)
-    metrics.update(lr=jnp.asarray(schedule(state.step), jnp.float32),
-                   grad_norm=_global_norm(g_p), alpha_grad_norm=_global_norm(g_a))
-    new = state.replace(step=state.step + 1, params=params, alphas=alphas,
-                        w_opt_state=w_os, a_opt_state=a_os)
-    return new, metrics
-
-  def fused_first_order(state, train_batch, val_batch):
-    batches = jax.tree_util.tree_map(lambda v, t: jnp.stack([v, t]), val_batch, train_batch)
-
-    def body(carry, xs):
-      params, alphas, w_os, a_os = carry
-      batch, is_arch = xs
-      aux, (g_p, g_a) = joint(params, alphas, batch)
-      a_upd, a_os_new = a_opt.update(g_a, a_os, alphas)
-      w_upd, w_os_new = w_opt.update(g_p, w_os, params)
-      carry = (_select(is_arch, params, optax.apply_updates(params, w_upd)),
-               _select(is_arch, optax.apply_updates(alphas, a_upd), alphas),
-               _select(is_arch, w_os, w_os_new), _select(is_arch, a_os_new, a_os))
-      return carry, (aux, _global_norm(g_p), _global_norm(g_a))
-
-    carry = (state.params, state.alphas, state.w_opt_state, state.a_opt_state)
-    (params, alphas, w_os, a_os), (aux, gp_norm, ga_norm) = jax.lax.scan(
-        body, carry, (batches, jnp.array([True, False])))
-    pick = lambda i: jax.tree_util.tree_map(lambda x: x[i], aux)
-    new, metrics = finish(state, params, alphas, w_os, a_os, pick(1), pick(0), {}, {})
-    metrics.update(grad_norm=gp_norm[1], alpha_grad_norm=ga_norm[0])
-    return new, metrics
-
-  def single_level(state, train_batch, val_batch):
-    # Single-DARTS: one joint gradient on the training batch updates both.
-    aux, (g_p, g_a) = joint(state.params, state.alphas, train_batch)
-    a_upd, a_os = a_opt.update(g_a, state.a_opt_state, state.alphas)
-    w_upd, w_os = w_opt.update(g_p, state.w_opt_state, state.params)
-    _, val_aux = loss_fn(state.params, state.alphas, val_batch)
-    return finish(state, optax.apply_updates(state.params, w_upd),
-                  optax.apply_updates(state.alphas, a_upd), w_os, a_os, aux, val_aux,
-                  g_p, g_a)
-
-  def bilevel(state, train_batch, val_batch):
-    lr = schedule(state.step)
-    xi = jnp.where(arch_cfg.xi < 0, lr, arch_cfg.xi)
-    real_step = arch_cfg.get("virtual_step", "optimizer") == "optimizer"
-    g_a, val_aux = hypergrad.arch_grad(
-        method, loss_fn, loss_fn, state.params, state.alphas, train_batch, val_batch,
-        xi=xi, optimizer=w_opt if real_step else None,
-        opt_state=state.w_opt_state if real_step else None,
-        has_aux=True, axis_name=axis_name, **estimator_options(arch_cfg))
-    g_a = _pmean(g_a, axis_name)
-    a_upd, a_os = a_opt.update(g_a, state.a_opt_state, state.alphas)
-    alphas = optax.apply_updates(state.alphas, a_upd)
-    params, w_os, train_aux, g_p = weight_half(state, alphas, train_batch, None)
-    return finish(state, params, alphas, w_os, a_os, train_aux, val_aux, g_p, g_a)
-
-  if method == "single_level":
-    return single_level
-  if method == "first_order" and fuse_first_order:
-    return fused_first_order
-  return bilevel
-
-
-def make_eval_step(space, *, axis_name: Optional[str] = None) -> Callable:
-  """`(params, alphas, batch) -> {'loss_sum', 'correct', 'count'}`, masked sums.
-
-  Sums (not means) so that padded final batches and several devices combine
-  exactly: accuracy = sum(correct) / sum(count).
-  """
-  def step(params, alphas, batch):
-    _, aux = space.loss(params, alphas, batch)
-    out = {"loss_sum": aux["loss"] * aux["count"],
-           "correct": aux["accuracy"] * aux["count"], "count": aux["count"]}
-    return out if axis_name is None else jax.lax.psum(out, axis_name)
-  return step
-
-
-def evaluate(eval_step: Callable, params, alphas, batches) -> Dict[str, float]:
-  """Runs a jitted `eval_step` over an iterable of batches.
-
-  Returns:
-    {'loss': mean loss, 'accuracy': fraction correct, 'count': examples}.
-  """
-  totals = None
-  for batch in batches:
-    out = eval_step(params, alphas, batch)
-    totals = out if totals is None else jax.tree_util.tree_map(jnp.add, totals, out)
-  if totals is None:
-    raise ValueError("evaluate() got no batches.")
-  totals = jax.device_get(totals)
-  count = float(totals["count"])
-  return {"loss": float(totals["loss_sum"]) / max(count, 1.0),
-          "accuracy": float(totals["correct"]) / max(count, 1.0), "count": count}
+  build = STEP_KINDS.get(step_kind_for(arch_cfg))
+  return build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name))

@@ -29,12 +29,20 @@ open in quark0/darts issue #46, where users also measure 523-545M).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, Callable, Dict
 
 import jax
 import jax.extend.core as jcore
 import jax.numpy as jnp
+
+from jdarts import config_lib
+from jdarts import data as data_lib
+from jdarts import experiment
+from jdarts import genotypes
+from jdarts import models
+from jdarts import ops
 
 
 def _prod(xs) -> int:
@@ -101,7 +109,6 @@ def _image_shape_and_classes(cfg):
   d = cfg.data
   shape, classes = d.get("image_shape", None), d.get("num_classes", None)
   if shape is None or classes is None:
-    from jdarts import data as data_lib
     info = data_lib.get_info(d.name)
     shape = info.image_shape if shape is None else shape
     classes = info.num_classes if classes is None else classes
@@ -115,7 +122,6 @@ def _counting_opts(opts):
 
 def load_config_genotype(cfg):
   """The genotype a train config names (`cfg.genotype`), errors as ConfigError."""
-  from jdarts import config_lib, genotypes
   try:
     return genotypes.load_genotype(cfg.get("genotype", "DARTS_V2"))
   except ValueError as e:
@@ -124,7 +130,6 @@ def load_config_genotype(cfg):
 
 def summarize_eval(cfg, genotype=None) -> Dict[str, Any]:
   """Size of the evaluation network of a train config (`cfg.model.name`)."""
-  from jdarts import models
   shape, classes = _image_shape_and_classes(cfg)
   label = "<given>" if genotype is not None else str(cfg.get("genotype", "DARTS_V2"))
   if genotype is None:
@@ -141,19 +146,26 @@ def summarize_eval(cfg, genotype=None) -> Dict[str, Any]:
 
 
 def summarize_search(cfg) -> Dict[str, Any]:
-  """Size of the supernet of a search config (`cfg.space`): weights, alphas apart."""
-  from jdarts import spaces
+  """Size of the supernet of a search config (`cfg.space`): weights, alphas apart.
+
+  Everything comes through the space protocol: shapes from
+  `space.example_batch(1)`, operations counted in `space.loss`.
+  """
   shape, classes = _image_shape_and_classes(cfg)
-  model_cfg = cfg.model.to_dict() if hasattr(cfg.model, "to_dict") else dict(cfg.model)
-  model_cfg.update(num_classes=classes, depthwise="xla", bn_axis_name=None)
-  space = spaces.get_space(cfg.space, model_cfg)
-  sample = {"image": jax.ShapeDtypeStruct((1,) + shape, jnp.float32)}
-  params = jax.eval_shape(space.init, jax.random.PRNGKey(0), sample)
+  info = dataclasses.replace(data_lib.get_info(cfg.data.name), image_shape=shape,
+                             num_classes=classes)
+  cfg = cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    if "depthwise" in cfg.model:
+      cfg.model.depthwise = "xla"  # count grouped convolutions (module docstring)
+  space = experiment.build_space(cfg, info)
+  batch = jax.eval_shape(lambda: space.example_batch(1))
+  params = jax.eval_shape(space.init, jax.random.PRNGKey(0), batch)
   alphas = jax.eval_shape(space.init_alphas, jax.random.PRNGKey(0))
-  from jdarts import ops
   n_params = ops.count_params(params)
-  macs = count_macs(lambda p, a, im: space.apply(p, a, {"image": im}), params, alphas,
-                    sample["image"])
+  carry = space.init_carry(1)
+  macs = count_macs(lambda p, a, b: space.loss(p, a, b, jax.random.PRNGKey(0), carry)[0],
+                    params, alphas, batch)
   return {"params": n_params, "params_total": n_params, "mult_adds": macs,
           "alphas": ops.count_params(alphas), "space": cfg.space,
           "image_shape": list(shape), "num_classes": classes}
@@ -198,6 +210,5 @@ def run(cfg, as_json: bool = False) -> str:
   The JSON object has the keys of `summarize` (params, params_total,
   mult_adds, and a description of the model).
   """
-  import json
   s = summarize(cfg)
   return json.dumps(s) if as_json else format_summary(s)

@@ -35,15 +35,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jdarts import schedules
+from jdarts import evaluation
 from jdarts.spaces.darts_cnn import cross_entropy
 
 log = logging.getLogger("jdarts")
 PyTree = Any
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Raised when a training step produces a NaN or infinite loss."""
 
 
 def classification_loss(logits, logits_aux, labels, *, auxiliary_weight: float = 0.4,
@@ -88,38 +84,6 @@ class TrainState:
   batch_stats: PyTree
   opt_state: PyTree
   rng: jnp.ndarray
-
-
-def learning_rate_schedule(optim_cfg, epochs: int, steps_per_epoch: int) -> Callable:
-  """The configured schedule: cosine_by_epoch (CIFAR, A.1.1), exponential_by_epoch
-  (ImageNet, A.2.3: lr * 0.97 ** epoch), cosine (per step) or constant."""
-  name = optim_cfg.schedule
-  lr = optim_cfg.learning_rate
-  if name == "cosine_by_epoch":
-    return schedules.cosine_by_epoch(lr, optim_cfg.learning_rate_min, epochs, steps_per_epoch)
-  if name == "cosine":
-    return schedules.cosine(lr, optim_cfg.learning_rate_min, epochs * steps_per_epoch)
-  if name == "exponential_by_epoch":
-    return schedules.exponential_by_epoch(lr, optim_cfg.lr_decay, steps_per_epoch)
-  if name == "constant":
-    return lambda step: jnp.asarray(lr, jnp.float32)
-  raise ValueError(f"Unknown optim.schedule {name!r}.")
-
-
-def optimizer(optim_cfg, schedule) -> optax.GradientTransformation:
-  """Clip the global gradient norm, add coupled weight decay, momentum SGD.
-
-  The reference's order: `clip_grad_norm_` on the raw gradient, then
-  `torch.optim.SGD(momentum, weight_decay)` (decay added to the clipped
-  gradient before the momentum buffer).
-  """
-  parts = []
-  if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))
-  if optim_cfg.weight_decay:
-    parts.append(optax.add_decayed_weights(optim_cfg.weight_decay))
-  parts.append(optax.sgd(schedule, momentum=optim_cfg.momentum or None))
-  return optax.chain(*parts)
 
 
 def drop_path_schedule(drop_path_prob: float, epochs: int, steps_per_epoch: int,
@@ -206,29 +170,20 @@ def make_train_step(net, tx: optax.GradientTransformation, lr_schedule: Callable
 
 
 def make_eval_step(net, *, axis_name: Optional[str] = None) -> Callable:
-  """`(variables, batch) -> {'loss_sum', 'correct', 'count'}` in inference mode.
+  """`(variables, batch) -> {'loss', 'accuracy', 'count'}` sums in inference mode.
 
   Plain cross-entropy of the main logits (the reference's `infer`), masked
-  sums so padded final batches count every example once.
+  sums (`jdarts.evaluation.masked_sums`) so padded final batches count every
+  example once.
   """
   def step(variables, batch):
     logits, _ = net.apply(variables, batch["image"], train=False)
     _, m = cross_entropy(logits.astype(jnp.float32), batch["label"], batch.get("mask"))
-    out = {"loss_sum": m["loss"] * m["count"], "correct": m["accuracy"] * m["count"],
-           "count": m["count"]}
-    return out if axis_name is None else jax.lax.psum(out, axis_name)
+    return evaluation.masked_sums(m, ("accuracy",), axis_name)
   return step
 
 
 def evaluate(eval_step: Callable, variables, batches) -> Dict[str, float]:
   """{'loss', 'accuracy', 'count'} of a jitted `eval_step` over `batches`."""
-  totals = None
-  for batch in batches:
-    out = eval_step(variables, batch)
-    totals = out if totals is None else jax.tree_util.tree_map(jnp.add, totals, out)
-  if totals is None:
-    raise ValueError("evaluate() got no batches.")
-  totals = jax.device_get(totals)
-  count = float(totals["count"])
-  return {"loss": float(totals["loss_sum"]) / max(count, 1.0),
-          "accuracy": float(totals["correct"]) / max(count, 1.0), "count": count}
+  return evaluation.finish(evaluation.accumulate(eval_step(variables, b) for b in batches),
+                           ("accuracy",))

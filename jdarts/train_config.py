@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from jdarts import data as data_lib
+from jdarts import genotypes
+from jdarts import models
+from jdarts import ops
+from jdarts import optim
+from jdarts import runs
 from jdarts.config_lib import ConfigError
 
-SCHEDULES = ("cosine_by_epoch", "cosine", "exponential_by_epoch", "constant")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -91,40 +96,27 @@ def validate(c) -> None:
     if not ok:
       raise ConfigError(msg)
 
-  from jdarts import models, ops
+  runs.validate_blocks(c)
   need(c.model.name in models.MODELS, f"model.name={c.model.name!r} is unknown; choose "
        f"one of {', '.join(models.MODELS.names())}.")
-  need(c.batch_size > 0, f"batch_size must be positive, got {c.batch_size}.")
   need(c.eval_batch_size >= 0, f"eval_batch_size must be >= 0, got {c.eval_batch_size}.")
-  need(c.epochs > 0, f"epochs must be positive, got {c.epochs}.")
-  need(c.max_steps >= 0, f"max_steps must be >= 0 (0: no limit), got {c.max_steps}.")
-  need(c.log_every > 0, f"log_every must be positive, got {c.log_every}.")
   need(0.0 <= c.model.drop_path_prob < 1.0,
        f"model.drop_path_prob must be in [0, 1), got {c.model.drop_path_prob}.")
   need(c.drop_path_schedule in ("linear", "constant"), "drop_path_schedule must be "
        f"'linear' or 'constant', got {c.drop_path_schedule!r}.")
   need(0.0 <= c.data.valid_portion < 1.0,
        f"data.valid_portion must be in [0, 1), got {c.data.valid_portion}.")
-  need(c.optim.schedule in SCHEDULES, f"optim.schedule={c.optim.schedule!r} is unknown; "
-       f"choose one of {', '.join(SCHEDULES)}.")
+  optim.validate_weight(c.optim)
   need(c.loss.auxiliary_weight >= 0, "loss.auxiliary_weight must be >= 0.")
   need(0.0 <= c.loss.label_smoothing < 1.0, "loss.label_smoothing must be in [0, 1).")
   need(c.model.depthwise in ops.DEPTHWISE_IMPLS, f"model.depthwise={c.model.depthwise!r}; "
        f"choose one of {ops.DEPTHWISE_IMPLS}.")
   need(c.dtype in DTYPES, f"dtype={c.dtype!r}; choose one of {', '.join(DTYPES)}.")
-  need(c.checkpoint.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0: every "
-       f"epoch), got {c.checkpoint.every_steps}.")
-  need(c.checkpoint.keep >= 1, f"checkpoint.keep must be >= 1, got {c.checkpoint.keep}.")
   need(c.data.num_threads >= 0 and c.data.worker_count >= 0,
        "data.num_threads and data.worker_count must be >= 0.")
-  from jdarts import data as data_lib
   for name in [c.data.name] + extra_test_sets(c):
     need(name in data_lib.DATASETS, f"dataset {name!r} (data.name / data.extra_test_sets) "
          f"is unknown; choose from {', '.join(sorted(data_lib.DATASETS))}.")
-  from jdarts import parallel
-  need(c.parallel.backend in parallel.BACKENDS, f"parallel.backend="
-       f"{c.parallel.backend!r} is unknown; choose one of {parallel.BACKENDS}.")
-  from jdarts import genotypes
   try:
     genotypes.load_genotype(c.genotype)
   except ValueError as e:

@@ -56,3 +56,18 @@ def write_tiny_config(directory, *extra_lines: str) -> str:
   path.write_text(_CONFIG_FILE.format(tests_dir=os.path.dirname(os.path.abspath(__file__)),
                                       cache=str(directory / "xla_cache"), extra=extra))
   return str(path)
+
+
+def make_space(model, *, image_shape=(8, 8, 1), num_classes=10, space="darts_cnn"):
+  """A search space from a model dict, for inputs of `image_shape` and `num_classes`.
+
+  `model` may hold 'num_classes' and 'bn_axis_name' (as the old get_space
+  took them); they override the keyword defaults.
+  """
+  from jdarts import data, spaces
+  model = dict(model)
+  num_classes = model.pop("num_classes", num_classes)
+  bn_axis_name = model.pop("bn_axis_name", None)
+  c = image_shape[-1]
+  info = data.DatasetInfo("test", tuple(image_shape), num_classes, (0.5,) * c, (0.25,) * c)
+  return spaces.get_space(space, model, info, bn_axis_name=bn_axis_name)

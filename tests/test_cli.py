@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jdarts import cli
+from jdarts import experiment
 from jdarts import genotypes
 import helpers
 
@@ -109,4 +110,4 @@ def test_config_files_load_and_validate():
     spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(root, name))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    config_lib.validate(mod.get_config())
+    experiment.validate(mod.get_config())

@@ -300,7 +300,7 @@ def test_search_probe_records_estimators_without_changing_the_search(tiny_config
   cfg = cli._parse([f"--config={tiny_config}"], require_workdir=False)[0]
   built = hypergrad_report.build_state(cfg, None)
   space, state = built["space"], built["state"]
-  g = jax.grad(lambda a: space.loss(state.params, a, built["val_batch"])[0])(state.alphas)
+  g = jax.grad(lambda a: space.loss(state.params, a, built["val_batch"], None, None)[0])(state.alphas)
   assert rows[0]["grad_norm"] == pytest.approx(float(np.linalg.norm(hc.flatten(g))),
                                                rel=1e-5)
   assert rows[0]["xi"] == pytest.approx(float(built["schedule"](0)))

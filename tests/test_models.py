@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdarts import genotypes, models, train
+from jdarts import genotypes, models, optim, schedules, train
 from jdarts.models import cells
 
 # (params without auxiliary head, params with it); CIFAR: C=36, 20 cells,
@@ -198,11 +198,11 @@ def test_loss_adds_weighted_auxiliary_term():
 def test_a_few_training_steps_reduce_the_loss(tiny):
   import ml_collections
   net, variables, _ = tiny
-  optim = ml_collections.ConfigDict(dict(learning_rate=0.05, learning_rate_min=0.0,
+  optim_cfg = ml_collections.ConfigDict(dict(learning_rate=0.05, learning_rate_min=0.0,
                                          schedule="constant", momentum=0.9,
                                          weight_decay=3e-4, grad_clip=5.0))
-  lr = train.learning_rate_schedule(optim, 1, 10)
-  tx = train.optimizer(optim, lr)
+  lr = schedules.make_schedule(optim_cfg, 1, 10)
+  tx = optim.weight_optimizer(optim_cfg, lr)
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                            batch_stats=variables["batch_stats"],
                            opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(3))

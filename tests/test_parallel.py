@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdarts import config_lib, parallel, search, spaces
+from jdarts import config_lib, optim, parallel, schedules, search, spaces
 import helpers
 
 
@@ -13,13 +13,13 @@ def _problem(axis_name, method="first_order", primitives=helpers.TINY_PRIMITIVES
   cfg = config_lib.search_defaults()
   cfg.arch.learning_rate = 3e-2
   cfg.arch.method = method
-  space = spaces.get_space("darts_cnn", dict(helpers.tiny_model(primitives=primitives),
+  space = helpers.make_space(dict(helpers.tiny_model(primitives=primitives),
                                              num_classes=3, bn_axis_name=axis_name))
   rng = np.random.RandomState(0)
   batches = [{"image": rng.randn(8, 8, 8, 1).astype(np.float32),
               "label": rng.randint(0, 3, 8).astype(np.int32)} for _ in range(4)]
-  sched = search.weight_schedule(cfg.optim, 2, 5)
-  w_opt, a_opt = search.weight_optimizer(cfg.optim, sched), search.arch_optimizer(cfg.arch)
+  sched = schedules.make_schedule(cfg.optim, 2, 5)
+  w_opt, a_opt = optim.weight_optimizer(cfg.optim, sched), optim.arch_optimizer(cfg.arch)
   state = search.init_state(space, jax.random.PRNGKey(0), batches[0], w_opt, a_opt)
   step = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched, axis_name=axis_name)
   return state, step, batches
@@ -88,9 +88,9 @@ def test_per_device_batchnorm_differs(single):
   # Per-device statistics, gradients still averaged: build the space without bn axis.
   cfg = config_lib.search_defaults()
   cfg.arch.learning_rate = 3e-2
-  space = spaces.get_space("darts_cnn", dict(helpers.tiny_model(), num_classes=3))
-  sched = search.weight_schedule(cfg.optim, 2, 5)
-  w_opt, a_opt = search.weight_optimizer(cfg.optim, sched), search.arch_optimizer(cfg.arch)
+  space = helpers.make_space(dict(helpers.tiny_model(), num_classes=3))
+  sched = schedules.make_schedule(cfg.optim, 2, 5)
+  w_opt, a_opt = optim.weight_optimizer(cfg.optim, sched), optim.arch_optimizer(cfg.arch)
   ghost = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched,
                                   axis_name=parallel.AXIS)
   ps = parallel.ParallelStep(ghost, backend="pmap", devices=jax.local_devices()[:2])

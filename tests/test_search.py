@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jdarts import config_lib, search, spaces
+from jdarts import config_lib, optim, schedules, search, spaces
 from jdarts.spaces import darts_cnn
 import helpers
 
@@ -24,15 +24,15 @@ def _setup(method="first_order", batch=4, seed=0, primitives=helpers.TINY_PRIMIT
   cfg.arch.method = method
   cfg.arch.update(arch)
   cfg.arch.learning_rate = 3e-2
-  space = spaces.get_space("darts_cnn", dict(helpers.tiny_model(primitives=primitives),
+  space = helpers.make_space(dict(helpers.tiny_model(primitives=primitives),
                                              num_classes=3))
   rng = np.random.RandomState(seed)
   def batch_of(k):
     return {"image": jnp.asarray(rng.randn(batch, 8, 8, 1), jnp.float32),
             "label": jnp.asarray(rng.randint(0, 3, batch), jnp.int32)}
-  sched = search.weight_schedule(cfg.optim, epochs=2, steps_per_epoch=5)
-  w_opt = search.weight_optimizer(cfg.optim, sched)
-  a_opt = search.arch_optimizer(cfg.arch)
+  sched = schedules.make_schedule(cfg.optim, epochs=2, steps_per_epoch=5)
+  w_opt = optim.weight_optimizer(cfg.optim, sched)
+  a_opt = optim.arch_optimizer(cfg.arch)
   state = search.init_state(space, jax.random.PRNGKey(seed), batch_of(0), w_opt, a_opt)
   # Non-zero alphas so every estimator has something to move.
   state = state.replace(alphas=jax.tree_util.tree_map(
@@ -48,9 +48,11 @@ def _tree_close(a, b, **kw):
 def test_fused_first_order_equals_two_separate_gradients():
   """The one-compile scan step gives the same state as alpha-then-weight updates."""
   cfg, space, w_opt, a_opt, sched, state, b = _setup()
-  fused = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched))
-  plain = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched,
-                                          fuse_first_order=False))
+  fused_arch = cfg.arch.copy_and_resolve_references()
+  fused_arch.step_kind = "fused_first_order"
+  assert search.step_kind_for(cfg.arch) == "bilevel"
+  fused = jax.jit(search.make_search_step(space, fused_arch, w_opt, a_opt, sched))
+  plain = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched))
   s1, s2 = state, state
   for i in range(2):
     s1, m1 = fused(s1, b[2 * i], b[2 * i + 1])
@@ -71,7 +73,7 @@ def test_first_order_step_matches_hand_written_updates():
   cfg, space, w_opt, a_opt, sched, state, b = _setup()
   step = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched))
   new, _ = step(state, b[0], b[1])
-  loss = lambda p, a, batch: space.loss(p, a, batch)[0]
+  loss = lambda p, a, batch: space.loss(p, a, batch, None, None)[0]
   # Alphas: torch Adam with weight_decay (L2 added to the gradient), first step.
   g_a = jax.grad(loss, 1)(state.params, state.alphas, b[1])
   a, arch = state.alphas, cfg.arch
@@ -96,10 +98,10 @@ def test_search_steps_reduce_training_loss():
   """Ten steps on a fixed tiny problem lower the training loss."""
   cfg, space, w_opt, a_opt, sched, state, b = _setup(batch=8)
   step = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched))
-  first = float(space.loss(state.params, state.alphas, b[0])[0])
+  first = float(space.loss(state.params, state.alphas, b[0], None, None)[0])
   for _ in range(10):
     state, m = step(state, b[0], b[1])
-  last = float(space.loss(state.params, state.alphas, b[0])[0])
+  last = float(space.loss(state.params, state.alphas, b[0], None, None)[0])
   assert last < 0.7 * first, (first, last)
 
 
@@ -128,7 +130,7 @@ def test_finite_differences_on_the_supernet_need_a_small_eps():
   perturbation is small enough not to cross ReLU/max-pool kinks; the paper's
   0.01/||v|| can be far off (the reason the exact estimator exists)."""
   from jdarts import hypergrad
-  space = spaces.get_space("darts_cnn", dict(helpers.tiny_model(dtype="float64",
+  space = helpers.make_space(dict(helpers.tiny_model(dtype="float64",
                                                                primitives=LIGHT),
                                              num_classes=3))
   rng = np.random.RandomState(0)
@@ -139,7 +141,7 @@ def test_finite_differences_on_the_supernet_need_a_small_eps():
                              space.init(jax.random.PRNGKey(0), tb))
   a = jax.tree_util.tree_map(lambda x: 0.1 * jnp.asarray(rng.randn(*x.shape)),
                              space.init_alphas(jax.random.PRNGKey(1)))
-  L = lambda p, a, b: space.loss(p, a, b)[0]
+  L = lambda p, a, b: space.loss(p, a, b, None, None)[0]
   # Jitted (fd_eps traced, so one compilation serves every eps): op-by-op
   # float64 execution of the second-order graphs is several times slower.
   jitted = {m: jax.jit(lambda p, a, e, m=m: hypergrad.arch_grad(
@@ -167,7 +169,7 @@ def test_unknown_method_is_a_clear_error():
 def test_weight_schedule_is_the_reference_per_epoch_cosine():
   """lr(epoch) = lr_min + (lr - lr_min)(1 + cos(pi e / E)) / 2, constant within an epoch."""
   cfg = config_lib.search_defaults()
-  sched = search.weight_schedule(cfg.optim, epochs=50, steps_per_epoch=10)
+  sched = schedules.make_schedule(cfg.optim, epochs=50, steps_per_epoch=10)
   for step in (0, 9, 10, 255, 499):
     e = step // 10
     want = 0.001 + (0.025 - 0.001) * (1 + np.cos(np.pi * e / 50)) / 2

@@ -6,7 +6,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jdarts import cli, data, genotypes, models, parallel, train
+from jdarts import cli, data, genotypes, models, optim, parallel, schedules, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,11 +85,11 @@ def test_train_end_to_end_from_a_search_workdir(tmp_path, capsys):
 
 def test_two_devices_equal_one_device():
   """Same global batch, cross-replica BN, no drop-path: identical updates."""
-  optim = ml_collections.ConfigDict(dict(learning_rate=0.1, learning_rate_min=0.0,
+  optim_cfg = ml_collections.ConfigDict(dict(learning_rate=0.1, learning_rate_min=0.0,
                                          schedule="constant", momentum=0.9,
                                          weight_decay=3e-4, grad_clip=5.0))
-  lr = train.learning_rate_schedule(optim, 1, 1)
-  tx = train.optimizer(optim, lr)
+  lr = schedules.make_schedule(optim_cfg, 1, 1)
+  tx = optim.weight_optimizer(optim_cfg, lr)
   rng = np.random.RandomState(0)
   batch = {"image": rng.randn(4, 32, 32, 3).astype(np.float32),
            "label": np.arange(4, dtype=np.int32)}

@@ -17,7 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jdarts import cli, config_lib, data, genotypes, models, search_loop, train, train_loop
+from jdarts import (cli, config_lib, data, genotypes, models, optim, runs, schedules,
+                    search_loop, train, train_loop)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,20 +87,20 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes(tiny_args, tmp_path, mon
                                                         capsys):
   """SIGTERM after step 2: exit 143 with a checkpoint of step 2; a rerun continues."""
   workdir = tmp_path / "run"
-  write = search_loop.MetricsWriter.write
+  write = runs.MetricsWriter.write
 
   def write_then_signal(self, step, kind, values):
     write(self, step, kind, values)
     if kind == "train" and step == 2:
       os.kill(os.getpid(), signal.SIGTERM)  # handled by the loop's PreemptionFlag
-  monkeypatch.setattr(search_loop.MetricsWriter, "write", write_then_signal)
+  monkeypatch.setattr(runs.MetricsWriter, "write", write_then_signal)
   rc = _train(tiny_args, workdir, "--config.max_steps=0", "--config.checkpoint.every_steps=0")
   err = capsys.readouterr().err
   assert rc == 128 + signal.SIGTERM, err
   assert "run the same command again to resume" in err
   steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
   assert steps == [2], steps
-  monkeypatch.setattr(search_loop.MetricsWriter, "write", write)
+  monkeypatch.setattr(runs.MetricsWriter, "write", write)
   assert _train(tiny_args, workdir, "--config.max_steps=3") == 0
   assert [r["step"] for r in _rows(workdir, "train")] == [1, 2, 3]
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(
@@ -173,11 +174,11 @@ def test_held_out_sets_are_the_test_split_and_cifar10_1(tmp_path):
 
 def test_bfloat16_loss_is_close_to_float32_at_init():
   """Mixed precision: same float32 weights, bf16 compute, float32 loss and updates."""
-  optim = ml_collections.ConfigDict(dict(learning_rate=0.1, learning_rate_min=0.0,
+  optim_cfg = ml_collections.ConfigDict(dict(learning_rate=0.1, learning_rate_min=0.0,
                                          schedule="constant", momentum=0.9,
                                          weight_decay=3e-4, grad_clip=5.0))
-  lr = train.learning_rate_schedule(optim, 1, 1)
-  tx = train.optimizer(optim, lr)
+  lr = schedules.make_schedule(optim_cfg, 1, 1)
+  tx = optim.weight_optimizer(optim_cfg, lr)
   rng = np.random.RandomState(0)
   batch = {"image": rng.randn(16, 8, 8, 1).astype(np.float32),
            "label": rng.randint(0, 10, 16).astype(np.int32)}

@@ -31,7 +31,7 @@ from jdarts import batched_ops
 from jdarts import genotypes as genotypes_lib
 from jdarts import mixing
 from jdarts import ops
-from jdarts.spaces import SPACES
+from jdarts.spaces.base import SPACES, config_get
 
 PRIMITIVES = genotypes_lib.PRIMITIVES
 
@@ -327,6 +327,7 @@ def cross_entropy(logits, labels, mask=None, label_smoothing: float = 0.0):
   return loss, {"loss": loss, "accuracy": acc, "count": jnp.sum(mask)}
 
 
+@SPACES.register("darts_cnn")
 @dataclasses.dataclass
 class DartsCNNSpace:
   """The DARTS CNN search space bound to a config (see `from_config`).
@@ -343,6 +344,7 @@ class DartsCNNSpace:
   primitives: Sequence[str] = PRIMITIVES
   alpha_init_scale: float = 0.0
   name: str = "darts_cnn"
+  image_shape: tuple = (32, 32, 3)
 
   @property
   def alpha_shape(self):
@@ -368,10 +370,49 @@ class DartsCNNSpace:
     self.check_alphas(alphas)
     return self.network.apply({"params": params}, batch["image"], alphas, train)
 
-  def loss(self, params, alphas, batch):
-    """Cross-entropy of the supernet on `batch`; returns (loss, aux)."""
+  metric_names = ("accuracy",)
+
+  def example_batch(self, batch_size: int):
+    """{'image': (B, H, W, C) float32, 'label': (B,) int32} zeros."""
+    return {"image": jnp.zeros((batch_size,) + tuple(self.image_shape), jnp.float32),
+            "label": jnp.zeros((batch_size,), jnp.int32)}
+
+  def init_carry(self, batch_size: int):
+    del batch_size
+    return None
+
+  def loss(self, params, alphas, batch, rng=None, carry=None):
+    """Cross-entropy of the supernet on `batch`; returns (loss, aux, carry).
+
+    `rng` is unused: the DARTS search network has no dropout or drop-path.
+    """
+    del rng
     logits = self.apply(params, alphas, batch)
-    return cross_entropy(logits, batch["label"], batch.get("mask"))
+    loss, aux = cross_entropy(logits, batch["label"], batch.get("mask"))
+    return loss, aux, carry
+
+  def summarize(self, means):
+    return dict(means)
+
+  @classmethod
+  def validate_config(cls, model_cfg):
+    from jdarts.config_lib import ConfigError
+    for p in config_get(model_cfg, "primitives", PRIMITIVES):
+      if p not in ops.OPS:
+        raise ConfigError(f"model.primitives has unknown operation {p!r}; known: "
+                          f"{', '.join(ops.OPS.names())}.")
+    d = config_get(model_cfg, "depthwise", "auto")
+    if d not in ops.DEPTHWISE_IMPLS:
+      raise ConfigError(f"model.depthwise={d!r}; choose one of {ops.DEPTHWISE_IMPLS}.")
+
+  @classmethod
+  def from_config(cls, model_cfg, info, *, bn_axis_name=None):
+    cfg = dict(model_cfg)
+    cfg["num_classes"] = info.num_classes
+    cfg["bn_axis_name"] = bn_axis_name
+    space = from_config(cfg)
+    space.image_shape = tuple(info.image_shape)
+    return space
 
   def check_alphas(self, alphas):
     for key in ("normal", "reduce"):
@@ -394,7 +435,6 @@ class DartsCNNSpace:
     return genotypes_lib.format_genotype(genotype)
 
 
-@SPACES.register("darts_cnn")
 def from_config(cfg) -> DartsCNNSpace:
   """Builds the space from a `config.model`-like mapping.
 

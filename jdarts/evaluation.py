@@ -1,0 +1,87 @@
+"""Held-out evaluation by masked sums, shared by search and train.
+
+A loss reports count-weighted means ('loss', its metrics) and 'count', the
+number of real (unmasked) examples. Summing mean * count over batches and
+devices and dividing by the summed count gives exact means, however the last
+batch was padded and however the batch was split over devices.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def masked_sums(aux: Dict[str, jnp.ndarray], names: Sequence[str],
+                axis_name: Optional[str] = None) -> Dict[str, jnp.ndarray]:
+  """{'loss', *names} means and 'count' -> their sums over the real examples.
+
+  Args:
+    aux: float32 scalars 'loss', 'count' and every name in `names`.
+    names: the metrics besides 'loss' (e.g. ('accuracy',)).
+    axis_name: sum over this device axis too; None on one device.
+
+  Returns:
+    {'loss': sum, name: sum, ..., 'count': total}, psum-ed over `axis_name`.
+  """
+  out = {k: aux[k] * aux["count"] for k in ("loss",) + tuple(names)}
+  out["count"] = aux["count"]
+  return out if axis_name is None else jax.lax.psum(out, axis_name)
+
+
+def make_eval_step(space, *, axis_name: Optional[str] = None) -> Callable:
+  """`(params, alphas, batch, rng, carry) -> (sums, carry)` of a search space's loss.
+
+  The supernet in training mode (batch statistics), as the paper evaluates it.
+  """
+  def step(params, alphas, batch, rng, carry):
+    _, aux, carry = space.loss(params, alphas, batch, rng, carry)
+    return masked_sums(aux, space.metric_names, axis_name), carry
+  return step
+
+
+def finish(totals, names: Sequence[str]) -> Dict[str, float]:
+  """Summed metrics -> {'loss', *names: means, 'count': examples}."""
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  out = {k: float(totals[k]) / max(count, 1.0) for k in ("loss",) + tuple(names)}
+  out["count"] = count
+  return out
+
+
+def accumulate(sums: Iterable[Dict[str, jnp.ndarray]]):
+  """Adds up per-batch sums; ValueError if there were no batches."""
+  totals = None
+  for s in sums:
+    totals = s if totals is None else jax.tree_util.tree_map(jnp.add, totals, s)
+  if totals is None:
+    raise ValueError("evaluation got no batches: the held-out split is empty.")
+  return totals
+
+
+def evaluate(space, eval_step: Callable, params, alphas, batches, *, rng=None,
+             batch_size: int = 0) -> Dict[str, float]:
+  """Runs a jitted `make_eval_step` over `batches`, threading the space's carry.
+
+  Args:
+    space: the search space (its `metric_names`, `init_carry`, `summarize`).
+    eval_step: `jax.jit(make_eval_step(space))`.
+    params, alphas: the supernet's weights and architecture.
+    batches: an iterable of batches (the last one may be padded, with 'mask').
+    rng: key for the loss (dropout is off in the DARTS spaces); default key 0.
+    batch_size: rows per batch, for `init_carry`.
+
+  Returns:
+    `space.summarize` of {'loss', metric means, 'count'}.
+  """
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  carry = space.init_carry(batch_size)
+
+  def sums():
+    nonlocal carry
+    for i, batch in enumerate(batches):
+      s, carry = eval_step(params, alphas, batch, jax.random.fold_in(rng, i), carry)
+      yield s
+  out = finish(accumulate(sums()), space.metric_names)
+  return space.summarize(out)
