@@ -148,8 +148,7 @@ def load_cifar10_pickle(batches_dir: str, split: str) -> sources.ArraySource:
   if missing:
     raise DatasetNotFoundError(
         f"CIFAR-10 folder {batches_dir} lacks {', '.join(missing)} of the "
-        f"{split} split (it needs {', '.join(names)}); {_REDOWNLOAD} "
-        "into it.")
+        f"{split} split (it needs {', '.join(names)}); {_REDOWNLOAD}.")
   images, labels = [], []
   for fname in names:
     x, y = read_cifar10_batch(os.path.join(batches_dir, fname))

@@ -11,6 +11,8 @@ front end can print `str(error)` instead of a traceback:
 """
 from __future__ import annotations
 
+import re
+
 # Longest piece of a wrapped library message quoted in ours: enough to name
 # the failure, short enough to stay one readable line.
 _MAX_CAUSE_CHARS = 200
@@ -45,7 +47,8 @@ def describe_cause(error: BaseException) -> str:
   Returns:
     `'TypeName: message'`, whitespace collapsed and cut to a bounded length.
   """
-  text = one_line(str(error))
+  # Object reprs (PIL names its BytesIO) carry addresses that differ per run.
+  text = re.sub(r" at 0x[0-9a-fA-F]+", "", one_line(str(error)))
   if len(text) > _MAX_CAUSE_CHARS:
     text = text[:_MAX_CAUSE_CHARS - 3] + "..."
   name = type(error).__name__

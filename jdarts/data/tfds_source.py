@@ -215,4 +215,4 @@ def load_tfds(tfds_name: str, split: str, data_dir: Optional[str], *,
         f"{pretty_name} under {where}: tfds cannot open split {split!r} "
         f"({describe_cause(e)}); check the split name, or rebuild the "
         f"dataset with {build}.") from e
-  return TfdsSource(ds, rebuild=f"rebuild it with {build}.")
+  return TfdsSource(ds, rebuild=f"rebuild the dataset with {build}.")
