@@ -18,31 +18,39 @@ Registered datasets: 'cifar10' (tfds or the python pickle files),
 the reference's crop/flip/colour-jitter augmentation: `jdarts.data.imagenet`),
 'digits' (ships with scikit-learn) and 'synthetic'.
 
+Bad data raises `DataError` (a ValueError) and missing data
+`DatasetNotFoundError` (a FileNotFoundError), each with a one-line message
+naming the file (or dataset and split), the problem and the fix.
+
 Nothing here imports TensorFlow; tensorflow_datasets, scikit-learn and PIL are
 imported only when a dataset that needs them is loaded.
 """
+from jdarts.data.errors import DataError
+from jdarts.data.errors import DatasetNotFoundError
 from jdarts.data.pipeline import CheckpointableIterator
 from jdarts.data.pipeline import make_eval_iterator
 from jdarts.data.pipeline import make_train_iterator
 from jdarts.data.sources import ArraySource
 from jdarts.data.sources import DATASETS
 from jdarts.data.sources import DatasetInfo
-from jdarts.data.sources import DatasetNotFoundError
 from jdarts.data.sources import get_info
 from jdarts.data.sources import load_source
 from jdarts.data.sources import make_synthetic
 from jdarts.data.sources import register_dataset
 from jdarts.data.sources import search_split
 from jdarts.data.sources import SubsetSource
+from jdarts.data import cifar  # registers 'cifar10', 'cifar10_1'  # noqa: E402
 from jdarts.data import imagenet  # registers 'imagenet2012'  # noqa: E402
 
 __all__ = [
     "ArraySource",
+    "DataError",
     "CheckpointableIterator",
     "DATASETS",
     "DatasetInfo",
     "DatasetNotFoundError",
     "SubsetSource",
+    "cifar",
     "get_info",
     "imagenet",
     "load_source",

@@ -29,6 +29,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from jdarts.data import sources
+from jdarts.data import tfds_source
+from jdarts.data.errors import DataError
 
 IMAGENET_TFDS_NAME = "imagenet2012"
 # torchvision.transforms.Normalize values of the reference train_imagenet.py.
@@ -218,11 +220,12 @@ def load_imagenet(split: str, data_dir: Optional[str] = None):
 
   Raises:
     DatasetNotFoundError: one line naming the folder and these steps.
+    DataError: an unknown split, or prepared files that cannot be read.
   """
   if split not in ("train", "validation") and not split.startswith(("train[", "validation[")):
-    raise ValueError(f"imagenet2012: use split 'train' or 'validation', not {split!r}.")
-  where = data_dir or sources._tfds_default_data_dir()  # pylint: disable=protected-access
-  return sources.load_tfds(
+    raise DataError(f"imagenet2012: use split 'train' or 'validation', not {split!r}.")
+  where = data_dir or tfds_source.tfds_default_data_dir()
+  return tfds_source.load_tfds(
       IMAGENET_TFDS_NAME, split, data_dir, pretty_name="ImageNet (imagenet2012)",
       fix=(f" after putting {MANUAL_DOWNLOAD} in {where}/downloads/manual/ (tfds's "
            "manual_dir)."))

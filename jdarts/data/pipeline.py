@@ -35,7 +35,9 @@ from typing import Any, Dict, Iterator, Optional
 import grain
 import numpy as np
 
+from jdarts.data.errors import DataError
 from jdarts.data.sources import ArraySource, DatasetInfo, SubsetSource
+from jdarts.data.sources import source_origin
 
 Batch = Dict[str, np.ndarray]
 
@@ -65,6 +67,12 @@ def gather(source, indices: np.ndarray):
   images, labels = read_records(source, indices)
   if not images:
     return np.zeros((0,), np.uint8), labels
+  shapes = {image.shape for image in images}
+  if len(shapes) > 1:
+    raise DataError(f"{source_origin(source)}: records have images of "
+                    f"differing shapes {sorted(shapes)}; fix the data, or "
+                    "give its DatasetInfo a train/eval transform that "
+                    "resizes them.")
   return np.stack(images), labels
 
 
@@ -82,6 +90,17 @@ def read_records(source, indices: np.ndarray):
   images = [np.asarray(r["image"], dtype=np.uint8) for r in records]
   labels = np.asarray([r["label"] for r in records], dtype=np.int32)
   return images, labels
+
+
+def _check_shape(images: np.ndarray, info: DatasetInfo, source,
+                 step: int) -> None:
+  """Raises `DataError` unless `images` is (k, *info.image_shape)."""
+  if images.ndim != 4 or images.shape[1:] != tuple(info.image_shape):
+    # Loading checked the first record only (cheap); this is a later one.
+    raise DataError(f"{source_origin(source)}: a record of batch {step} has "
+                    f"image shape {images.shape[1:]}, but {info.name}'s "
+                    f"DatasetInfo declares {tuple(info.image_shape)}; fix the "
+                    "data.")
 
 
 class Normalizer:
@@ -241,10 +260,7 @@ class _TrainBatchFn:
       images = transform(images, seeds)
     elif info.eval_transform is not None:
       images = info.eval_transform(images)
-    if images.shape[1:] != tuple(info.image_shape):
-      raise ValueError(f"{info.name}: records have image shape "
-                       f"{images.shape[1:]}, DatasetInfo says "
-                       f"{tuple(info.image_shape)}.")
+    _check_shape(images, info, self.source, step)
     if (transform is None and self.augment and
         (self.crop_padding > 0 or self.flip)):
       images = crop_and_flip(images, self.crop_padding, offsets,
@@ -282,6 +298,7 @@ class _EvalBatchFn:
     x = np.zeros((b,) + tuple(self.info.image_shape), np.float32)
     y = np.zeros((b,), np.int32)
     if real.any():
+      _check_shape(images, self.info, self.source, int(step))
       x[real] = self._normalize(images)
       y[real] = labels
     return {"image": x, "label": y, "mask": real.astype(np.float32)}
@@ -416,8 +433,9 @@ def make_train_iterator(source, info: DatasetInfo, *, batch_size: int,
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
   if len(source) < batch_size:
-    raise ValueError(f"{info.name}: {len(source)} examples cannot fill one "
-                     f"batch of {batch_size} (remainders are dropped).")
+    raise DataError(f"{source_origin(source)}: {len(source)} examples cannot "
+                    f"fill one batch of {batch_size} (remainders are "
+                    "dropped); use a smaller batch_size or more data.")
   crop_padding = info.crop_padding if crop_padding is None else crop_padding
   flip = info.flip if flip is None else flip
   if crop_padding < 0 or cutout < 0:

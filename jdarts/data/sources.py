@@ -4,32 +4,29 @@ A *source* is any object with `__len__` and `__getitem__(i)` returning a record
 `{'image': uint8 array (H, W, C), 'label': int}`; the pipelines in
 `jdarts.data.pipeline` read nothing else. Sources come from:
 
-* tfds (`tfds.data_source`, array_record files, no TensorFlow needed),
-* the CIFAR-10 python pickle files (`cifar-10-batches-py/`), read with numpy,
+* tfds (`tfds.data_source`, array_record files, no TensorFlow needed:
+  `jdarts.data.tfds_source`),
+* the CIFAR-10 python pickle files (`cifar-10-batches-py/`), read with numpy
+  (`jdarts.data.cifar`),
 * scikit-learn's 8x8 digits (ships with scikit-learn: the offline quickstart),
 * deterministic synthetic images (tests and smoke runs).
 
 Datasets are chosen by name from `DATASETS`; `register_dataset` adds more.
-tensorflow_datasets and scikit-learn are imported lazily so that importing
-`jdarts.data` stays cheap and never pulls in TensorFlow.
+`load_source` checks what a loader returns against the dataset's
+`DatasetInfo` and raises a one-line `DataError` for bad data.
+scikit-learn is imported lazily so that importing `jdarts.data` stays cheap.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
-import pickle
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from jdarts.data.errors import DataError
+from jdarts.data.errors import DatasetNotFoundError  # noqa: F401 (re-export)
 
 SPLITS = ("train", "test")
-
-
-class DatasetNotFoundError(FileNotFoundError):
-  """The requested dataset is not on disk; the message says how to get it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +117,10 @@ def get_info(name: str) -> DatasetInfo:
 def load_source(name: str, split: str, data_dir: Optional[str] = None):
   """Returns the random-access source of one split of a registered dataset.
 
+  What is loaded is checked against the dataset's `DatasetInfo` (see
+  `check_source`), so bad data fails here, with one line, rather than as a
+  shape error deep inside the first step.
+
   Args:
     name: registry name, e.g. 'cifar10', 'digits', 'synthetic'.
     split: 'train' or 'test' (tfds-backed datasets also accept tfds split
@@ -130,18 +131,88 @@ def load_source(name: str, split: str, data_dir: Optional[str] = None):
 
   Returns:
     A source: `len(source)` records, `source[i] -> {'image': uint8 (H, W, C),
-    'label': int}`.
+    'label': int}`; its `origin` attribute (where settable) names the dataset,
+    split and folder for later messages.
 
   Raises:
     KeyError: unknown dataset name (the message lists the known ones).
     DatasetNotFoundError: the files are missing (the message says the fix).
+    DataError: the files are there but unusable (the message, one line, names
+      the file or the dataset and split, the problem and the fix).
   """
-  return _entry(name).loader(split, data_dir)
+  entry = _entry(name)
+  source = entry.loader(split, data_dir)
+  where = getattr(source, "location", None) or data_dir
+  origin = f"{name} split {split!r}" + (f" from {where}" if where else "")
+  check_source(source, entry.info, origin)
+  try:
+    source.origin = origin
+  except AttributeError:  # a user's source with __slots__ or a property
+    pass
+  return source
 
 
-def _check_split(name: str, split: str) -> None:
+def check_split(name: str, split: str) -> None:
+  """Raises `DataError` unless `split` is one of `SPLITS`."""
   if split not in SPLITS:
-    raise ValueError(f"{name}: unknown split {split!r}; use one of {SPLITS}.")
+    raise DataError(f"{name}: unknown split {split!r}; use one of "
+                    f"{', '.join(SPLITS)}.")
+
+
+def source_origin(source) -> str:
+  """Where `source` comes from, for messages (its `origin`, else its size)."""
+  origin = getattr(source, "origin", None)
+  return origin or f"a source of {len(source)} examples"
+
+
+def check_source(source, info: DatasetInfo, origin: str) -> None:
+  """Cheap load-time checks of a source against its `DatasetInfo`.
+
+  In-memory sources are checked whole (shape, label range); others (tfds)
+  through their first record only, so that opening a split reads one record.
+
+  Args:
+    source: what a dataset's loader returned.
+    info: the dataset's registered metadata.
+    origin: names the dataset, split and folder in messages.
+
+  Raises:
+    DataError: no examples, images of a shape or dtype other than `info`
+      declares, labels outside [0, info.num_classes), or records that are not
+      `{'image', 'label'}` dicts.
+  """
+  if len(source) == 0:
+    raise DataError(f"{origin} has 0 examples; point data_dir at the complete "
+                    "dataset or choose a non-empty split.")
+  if isinstance(source, ArraySource):
+    shape, labels = source.images.shape[1:], source.labels
+  else:
+    try:
+      record = source[0]
+      image, label = np.asarray(record["image"]), int(record["label"])
+    except (KeyError, TypeError, ValueError) as e:
+      if isinstance(e, DataError):
+        raise
+      raise DataError(f"{origin}: record 0 is not an {{'image': uint8 (H, W, "
+                      f"C), 'label': int}} dict ({e!r}); fix the dataset's "
+                      "loader.") from e
+    if image.dtype != np.uint8:
+      raise DataError(f"{origin}: record 0 has a {image.dtype} image; records "
+                      "hold uint8 pixels (0..255): fix the data or its loader.")
+    shape, labels = image.shape, np.asarray([label])
+  c = info.image_shape[-1]
+  varying = info.train_transform is not None or info.eval_transform is not None
+  if (len(shape) != 3 or shape[-1] != c) if varying else (
+      tuple(shape) != info.image_shape):
+    want = f"(H, W, {c})" if varying else str(info.image_shape)
+    raise DataError(f"{origin}: images have shape {tuple(shape)}, but "
+                    f"{info.name}'s DatasetInfo declares {want}; fix the data "
+                    "or register the dataset with its true image_shape.")
+  lo, hi = int(labels.min()), int(labels.max())
+  if lo < 0 or hi >= info.num_classes:
+    raise DataError(f"{origin}: labels range over [{lo}, {hi}], outside "
+                    f"[0, {info.num_classes}) of {info.name}; fix the labels "
+                    "or register the dataset with the right num_classes.")
 
 
 # ---------------------------------------------------------------- sources
@@ -154,20 +225,23 @@ class ArraySource:
   Attributes:
     images: uint8 (N, H, W, C).
     labels: int32 (N,).
+    origin: where the arrays come from, for messages (None: unknown).
   """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray):
+  def __init__(self, images: np.ndarray, labels: np.ndarray,
+               origin: Optional[str] = None):
     images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int32)
     if images.dtype != np.uint8 or images.ndim != 4:
-      raise ValueError("images must be uint8 of shape (N, H, W, C), got "
-                       f"{images.dtype} {images.shape}.")
+      raise DataError("images must be uint8 of shape (N, H, W, C), got "
+                      f"{images.dtype} {images.shape}.")
     if labels.shape != images.shape[:1]:
-      raise ValueError(f"labels shape {labels.shape} does not match "
-                       f"{images.shape[0]} images.")
+      raise DataError(f"labels shape {labels.shape} does not match "
+                      f"{images.shape[0]} images.")
     # C order: the pipelines copy whole images and reshape without copying.
     self.images = np.ascontiguousarray(images)
     self.labels = labels
+    self.origin = origin
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -182,9 +256,11 @@ class ArraySource:
 class SubsetSource:
   """The records `parent[indices[i]]` of another source, without copying."""
 
-  def __init__(self, parent, indices: Sequence[int]):
+  def __init__(self, parent, indices: Sequence[int],
+               origin: Optional[str] = None):
     self.parent = parent
     self.indices = np.asarray(indices, dtype=np.int64)
+    self.origin = origin
     if self.indices.size and (self.indices.min() < 0 or
                               self.indices.max() >= len(parent)):
       raise IndexError(
@@ -200,46 +276,13 @@ class SubsetSource:
     return f"SubsetSource(n={len(self)}, parent={self.parent!r})"
 
 
-class TfdsSource:
-  """Adapts a `tfds.data_source` to plain `{'image', 'label'}` records."""
-
-  def __init__(self, data_source):
-    self.data_source = data_source
-    self._batched_reads = hasattr(data_source, "__getitems__")
-
-  def __len__(self) -> int:
-    return len(self.data_source)
-
-  @staticmethod
-  def _record(example) -> Dict[str, Any]:
-    return {"image": np.asarray(example["image"]),
-            "label": int(example["label"])}
-
-  def __getitem__(self, index: int) -> Dict[str, Any]:
-    return self._record(self.data_source[int(index)])
-
-  def __getitems__(self, indices: Sequence[int]):
-    keys = [int(i) for i in indices]
-    if self._batched_reads and keys:
-      # array_record reads a list of keys in one call (in parallel).
-      try:
-        return [self._record(e) for e in self.data_source.__getitems__(keys)]
-      except TypeError:
-        # tfds.testing.mock_data (4.9.10) installs a `__getitems__` that is
-        # called without `self` and raises TypeError; read one by one.
-        self._batched_reads = False
-    return [self._record(self.data_source[k]) for k in keys]
-
-  def __repr__(self) -> str:
-    return f"TfdsSource(n={len(self)})"
-
-
-def subset(source, indices) -> Any:
+def subset(source, indices, origin: Optional[str] = None) -> Any:
   """Returns the records `source[indices[i]]`; a zero-copy view when possible.
 
   Args:
     source: any source.
     indices: a `range` or a sequence of ints.
+    origin: names the subset in messages.
 
   Returns:
     An `ArraySource` view (for an `ArraySource` and a contiguous `range`) or a
@@ -248,8 +291,8 @@ def subset(source, indices) -> Any:
   if isinstance(source, ArraySource) and isinstance(indices, range) and \
       indices.step == 1:
     sl = slice(indices.start, indices.stop)
-    return ArraySource(source.images[sl], source.labels[sl])
-  return SubsetSource(source, list(indices))
+    return ArraySource(source.images[sl], source.labels[sl], origin)
+  return SubsetSource(source, list(indices), origin)
 
 
 def search_split(source, train_portion: float = 0.5):
@@ -265,185 +308,24 @@ def search_split(source, train_portion: float = 0.5):
     train_portion: fraction of examples used for the weight step.
 
   Returns:
-    (search_train, search_val) sources.
+    (search_train, search_val) sources, whose `origin` names the part.
+
+  Raises:
+    DataError: a part would be empty (one line naming the source).
   """
   if not 0.0 < train_portion < 1.0:
     raise ValueError(f"train_portion must be in (0, 1), got {train_portion}.")
   n = len(source)
   split = int(np.floor(train_portion * n))
-  return subset(source, range(0, split)), subset(source, range(split, n))
-
-
-# ---------------------------------------------------------------- CIFAR-10
-
-CIFAR10_INFO = DatasetInfo(
-    name="cifar10",
-    image_shape=(32, 32, 3),
-    num_classes=10,
-    # Values of the DARTS reference code (utils._data_transforms_cifar10).
-    mean=(0.49139968, 0.48215827, 0.44653124),
-    std=(0.24703233, 0.24348505, 0.26158768),
-    crop_padding=4,
-    flip=True,
-)
-
-_CIFAR_PICKLE_DIR = "cifar-10-batches-py"
-_CIFAR_PICKLE_FILES = {
-    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
-    "test": ("test_batch",),
-}
-
-
-def find_cifar10_pickle_dir(data_dir: Optional[str]) -> Optional[str]:
-  """Returns the folder holding the CIFAR-10 pickle files, or None.
-
-  Args:
-    data_dir: a folder containing `cifar-10-batches-py/`, or that folder.
-  """
-  if not data_dir:
-    return None
-  for candidate in (os.path.join(data_dir, _CIFAR_PICKLE_DIR), data_dir):
-    if any(os.path.isfile(os.path.join(candidate, f))
-           for files in _CIFAR_PICKLE_FILES.values() for f in files):
-      return candidate
-  return None
-
-
-def load_cifar10_pickle(batches_dir: str, split: str) -> ArraySource:
-  """Reads a split of CIFAR-10 from the python pickle files.
-
-  Args:
-    batches_dir: the `cifar-10-batches-py` folder (data_batch_1..5,
-      test_batch; each a pickle of {b'data': uint8 (n, 3072) in CHW order,
-      b'labels': list of n ints}).
-    split: 'train' or 'test'.
-
-  Returns:
-    An `ArraySource` with images uint8 (N, 32, 32, 3) (HWC) and labels (N,).
-  """
-  _check_split("cifar10", split)
-  images, labels = [], []
-  for fname in _CIFAR_PICKLE_FILES[split]:
-    path = os.path.join(batches_dir, fname)
-    if not os.path.isfile(path):
-      raise DatasetNotFoundError(
-          f"CIFAR-10 pickle file {path} is missing; the {split} split needs "
-          f"{', '.join(_CIFAR_PICKLE_FILES[split])} (from "
-          "https://www.cs.toronto.edu/~kriz/cifar.html).")
-    with open(path, "rb") as f:
-      batch = pickle.load(f, encoding="bytes")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-    labels.append(np.asarray(batch[b"labels"], dtype=np.int32))
-  # Contiguous HWC so that batch gathers copy whole images.
-  return ArraySource(np.ascontiguousarray(np.concatenate(images)),
-                     np.concatenate(labels))
-
-
-def _tfds_default_data_dir() -> str:
-  # pylint: disable-next=g-import-not-at-top
-  from tensorflow_datasets.core import constants
-  return os.path.expanduser(constants.DATA_DIR)
-
-
-def _tfds_prepared_formats(data_dir: str, tfds_name: str):
-  """Scans `data_dir/tfds_name/*/dataset_info.json` of prepared versions.
-
-  Returns:
-    (readable, formats): whether some version has array_record files (which
-    `tfds.data_source` reads), and the file formats of the versions that don't.
-  """
-  import glob  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  readable, formats = False, set()
-  pattern = os.path.join(data_dir, tfds_name, "*", "dataset_info.json")
-  for info_path in glob.glob(pattern):
-    try:
-      with open(info_path, encoding="utf-8") as f:
-        info = json.load(f)
-    except (OSError, ValueError):
-      continue
-    available = {info.get("fileFormat") or "tfrecord"}
-    available.update(info.get("alternativeFileFormats", []))
-    if "array_record" in available:
-      readable = True
-    else:
-      formats |= available
-  return readable, formats
-
-
-def load_tfds(tfds_name: str, split: str, data_dir: Optional[str], *,
-              pretty_name: str, fix: str = ".") -> TfdsSource:
-  """Opens a prepared tfds dataset with `tfds.data_source` (no TensorFlow).
-
-  Args:
-    tfds_name: tfds builder name, e.g. 'cifar10'.
-    split: tfds split string.
-    data_dir: tfds data_dir; None uses tfds's default (TFDS_DATA_DIR or
-      ~/tensorflow_datasets).
-    pretty_name: dataset name for messages.
-    fix: extra advice appended to the not-found message.
-
-  Returns:
-    A `TfdsSource`.
-
-  Raises:
-    DatasetNotFoundError: with a one-line message naming the folder and the fix.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  try:
-    # download=False: never start a download or a TensorFlow-based build from
-    # inside a training run; say how to prepare the data instead.
-    ds = tfds.data_source(tfds_name, split=split, data_dir=data_dir,
-                          download=False)
-  except (tfds.core.DatasetNotFoundError, NotImplementedError, KeyError,
-          FileNotFoundError, AssertionError) as e:
-    # tfds reports a missing dataset as "random access ... FileFormat.TFRECORD
-    # is not supported" (NotImplementedError) for an existing data_dir and as
-    # "`splits` is empty" (KeyError) for a missing one; both mislead.
-    where = data_dir or _tfds_default_data_dir()
-    readable, formats = _tfds_prepared_formats(where, tfds_name)
-    if readable:  # The data is there: a genuine error (e.g. a bad split).
-      raise
-    logger.debug("tfds.data_source(%r) failed: %s", tfds_name, e)
-    build = (f"`tfds build {tfds_name} --data_dir={where} "
-             "--file_format=array_record` (needs tensorflow)")
-    if formats:
-      msg = (f"{pretty_name} under {where} is prepared as "
-             f"{'/'.join(sorted(formats))}, which tfds.data_source cannot "
-             f"read. Rebuild it with {build}{fix}")
-    else:
-      msg = (f"{pretty_name} not found under {where}. "
-             f"Prepare it with {build}{fix}")
-    raise DatasetNotFoundError(msg) from None
-  return TfdsSource(ds)
-
-
-def _load_cifar10(split: str, data_dir: Optional[str]):
-  batches_dir = find_cifar10_pickle_dir(data_dir)
-  if batches_dir is not None:
-    return load_cifar10_pickle(batches_dir, split)
-  return load_tfds(
-      "cifar10", split, data_dir, pretty_name="CIFAR-10",
-      fix=(", or point --config.data.data_dir at a folder containing "
-           f"{_CIFAR_PICKLE_DIR}/ (the python pickle files from "
-           "https://www.cs.toronto.edu/~kriz/cifar.html)."))
-
-
-# ---------------------------------------------------------------- CIFAR-10.1
-
-# Recht et al. 2018, "Do CIFAR-10 classifiers generalize to CIFAR-10?": 2,021
-# new test images (version v4, the one of the paper's main results) drawn as
-# CIFAR-10's were; a second test set for networks trained on CIFAR-10. Its
-# images are normalised with CIFAR-10's statistics.
-CIFAR10_1_INFO = dataclasses.replace(CIFAR10_INFO, name="cifar10_1")
-CIFAR10_1_TFDS_NAME = "cifar10_1/v4"
-
-
-def _load_cifar10_1(split: str, data_dir: Optional[str]):
-  if split != "test":
-    raise ValueError(f"cifar10_1 has only a 'test' split, not {split!r}.")
-  return load_tfds(CIFAR10_1_TFDS_NAME, split, data_dir, pretty_name="CIFAR-10.1")
+  origin = source_origin(source)
+  if split == 0 or split == n:
+    raise DataError(f"{origin}: train_portion={train_portion} splits its {n} "
+                    f"examples into {split} and {n - split}, and both parts "
+                    "need examples; use more data or a train_portion nearer "
+                    "0.5.")
+  part = f"{origin} [%d:%d] (train_portion={train_portion})"
+  return (subset(source, range(0, split), part % (0, split)),
+          subset(source, range(split, n), part % (split, n)))
 
 
 # ---------------------------------------------------------------- digits
@@ -479,7 +361,7 @@ def load_digits(split: str, data_dir: Optional[str] = None) -> ArraySource:
     An `ArraySource`.
   """
   del data_dir
-  _check_split("digits", split)
+  check_split("digits", split)
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
   images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
@@ -538,13 +420,11 @@ def make_synthetic(num_examples: int, image_shape=(32, 32, 3),
 
 def _load_synthetic(split: str, data_dir: Optional[str] = None) -> ArraySource:
   del data_dir
-  _check_split("synthetic", split)
+  check_split("synthetic", split)
   return make_synthetic(SYNTHETIC_SIZES[split], SYNTHETIC_INFO.image_shape,
                         SYNTHETIC_INFO.num_classes,
                         seed=SPLITS.index(split) + 1)
 
 
-register_dataset("cifar10", _load_cifar10, CIFAR10_INFO)
-register_dataset("cifar10_1", _load_cifar10_1, CIFAR10_1_INFO)
 register_dataset("digits", load_digits, DIGITS_INFO)
 register_dataset("synthetic", _load_synthetic, SYNTHETIC_INFO)
