@@ -411,7 +411,7 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
               alphas: PyTree, train_batch: Any, val_batch: Any, *, xi=None,
               optimizer=None, opt_state=None, fd_eps=0.01,
               neumann_terms: int = 20, neumann_lr=None, cg_iters: int = 20,
-              cg_damping=0.0, weight_decay=0.0,
+              cg_damping=solvers.CG_DAMPING, weight_decay=0.0,
               unroll_solver: bool = False, has_aux: bool = False,
               axis_name=None, return_info: bool = False):
   """Estimates the architecture gradient d L_val(w*(alpha), alpha) / d alpha.

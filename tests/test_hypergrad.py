@@ -16,7 +16,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jdarts import hypergrad
+from jdarts import hypergrad, solvers
 from jdarts.hypergrad import arch_grad
 
 
@@ -85,7 +85,7 @@ def test_implicit_matches_closed_form_at_inner_optimum():
   q = Quadratic()
   w_star = np.linalg.solve(q.A, q.B @ q.a)
   expected = q.D @ q.a + np.linalg.solve(q.A, q.B).T @ (w_star - q.c)
-  cg = q.grad("implicit_cg", w_star, cg_iters=10)
+  cg = q.grad("implicit_cg", w_star, cg_iters=10, cg_damping=0.0)
   neumann = q.grad("implicit_neumann", w_star, neumann_terms=80,
                    neumann_lr=0.4)
   np.testing.assert_allclose(cg, expected, rtol=0, atol=1e-8)
@@ -126,12 +126,33 @@ def test_implicit_away_from_optimum_and_damping():
       q.grad("implicit_cg", q.w, cg_iters=10, cg_damping=lam), expected,
       atol=1e-10)
   undamped = q.D @ q.a + q.B.T @ np.linalg.solve(q.A, q.w - q.c)
-  np.testing.assert_allclose(q.grad("implicit_cg", q.w, cg_iters=10),
+  np.testing.assert_allclose(q.grad("implicit_cg", q.w, cg_iters=10,
+                                   cg_damping=0.0),
                              undamped, atol=1e-10)
   # neumann_lr defaults to xi.
   np.testing.assert_allclose(
       q.grad("implicit_neumann", q.w, neumann_terms=80, xi=0.4), undamped,
       atol=1e-8)
+
+
+@pytest.mark.usefixtures("x64")
+def test_implicit_cg_default_damping_is_small_and_positive():
+  """With the default damping d, CG solves (A + d I) x = b, and
+  x - A^{-1} b = -d (A + d I)^{-1} A^{-1} b has norm at most
+  d / (lambda_min + d) ||A^{-1} b|| (lambda_min = 1 here), so the
+  hypergradient moves by at most ||B||_2 times that from the undamped one."""
+  q = Quadratic(seed=1)
+  d = solvers.CG_DAMPING
+  b = q.w - q.c
+  undamped_x = np.linalg.solve(q.A, b)
+  damped = q.D @ q.a + q.B.T @ np.linalg.solve(q.A + d * np.eye(5), b)
+  undamped = q.D @ q.a + q.B.T @ undamped_x
+  got = q.grad("implicit_cg", q.w, cg_iters=10)
+  np.testing.assert_allclose(got, damped, rtol=0, atol=1e-10)
+  bound = np.linalg.norm(q.B, 2) * d / (1.0 + d) * np.linalg.norm(undamped_x)
+  shift = np.linalg.norm(got - undamped)
+  assert 1e-6 < shift <= bound, (shift, bound)  # positive, and as small as said
+  assert bound < 1e-2 * np.linalg.norm(undamped)
 
 
 @pytest.mark.usefixtures("x64")
