@@ -239,6 +239,20 @@ def test_neumann_divergence_is_flagged_and_truncated():
   assert int(info["iterations"]) == 0 and not bool(info["diverged"])
 
 
+def test_solver_settings_are_validated():
+  q = Quadratic()
+  call = lambda method, **kw: jax.eval_shape(lambda: arch_grad(
+      method, q.train_loss, q.val_loss, q.to_params(q.w), q.to_alphas(q.a),
+      None, None, **kw))
+  with pytest.raises(ValueError, match="neumann_lr must be > 0"):
+    call("implicit_neumann", neumann_lr=0.0)
+  with pytest.raises(ValueError, match="cg_damping must be >= 0"):
+    call("implicit_cg", cg_damping=-1e-3)
+  with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+    call("implicit_neumann", xi=0.1, weight_decay=-3e-4)
+  call("implicit_cg", weight_decay=3e-4)  # a valid call passes
+
+
 @pytest.mark.usefixtures("x64")
 def test_unrolled_matches_closed_form_on_quadratic():
   q = Quadratic()
