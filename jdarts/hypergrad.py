@@ -27,8 +27,9 @@ is shaped like ``alphas``. Methods (``METHODS``), selectable by name:
   also ``joint_grad`` for the simultaneous weight/alpha step).
 * ``implicit_neumann`` / ``implicit_cg``: implicit-function-theorem
   hypergradient (as in iDARTS) at the current w, treated as a converged inner
-  solution, with H_ww^{-1} v by a truncated Neumann series or conjugate
-  gradient on exact Hessian-vector products.
+  solution, with H_ww^{-1} v by a truncated Neumann series or truncated
+  conjugate gradient on exact Hessian-vector products (`jdarts.solvers`),
+  diagnostics via ``arch_grad(..., return_info=True)``.
 
 Data parallelism: with ``axis_name`` every gradient that is used is
 ``lax.pmean``-ed over that axis (so the virtual step uses the globally
@@ -43,6 +44,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from jdarts import solvers
 
 PyTree = Any
 Loss = Callable[[PyTree, PyTree, Any], Any]
@@ -146,14 +149,7 @@ def _grad(loss, argnums, params, alphas, batch, axis_name):
   return _pmean(g, axis_name), aux
 
 
-def _axpy(a, x: PyTree, y: PyTree) -> PyTree:
-  """Returns a * x + y leafwise, keeping y's dtypes."""
-  return jax.tree.map(lambda xi, yi: (a * xi + yi).astype(yi.dtype), x, y)
-
-
-def _vdot(x: PyTree, y: PyTree):
-  return sum(jnp.vdot(a, b) for a, b in
-             zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+_axpy = solvers.axpy
 
 
 def _check_opt_state(opt_state: PyTree, params: PyTree) -> None:
@@ -246,11 +242,13 @@ class _Options(NamedTuple):
   cg_damping: Any
   axis_name: Any
   unroll_solver: bool = False
+  weight_decay: Any = 0.0
 
 
 # ---------------------------------------------------------------------------
 # Estimators: (train, val, params, alphas, train_batch, val_batch, opts)
-#   -> (g_alpha, aux); train/val return (scalar, aux).
+#   -> (g_alpha, aux, info); train/val return (scalar, aux), info is the
+#   linear solver's (`solvers.empty_info()` for methods without one).
 
 
 def _first_order(train, val, params, alphas, tb, vb, o):
@@ -302,55 +300,13 @@ def _single_level(train, val, params, alphas, tb, vb, o):
   return _grad(train, 1, params, alphas, tb, o.axis_name)
 
 
-def _loop(n, body, init, unroll):
-  """`lax.fori_loop(0, n, body, init)`, or the same steps traced one by one.
+def _no_solve(estimator):
+  """Gives an estimator without a linear solve the (g, aux, info) signature."""
 
-  Unrolled, XLA:CPU runs the Hessian-vector products ~7x faster: convolutions
-  inside a while-loop body miss its fast paths (jax-ml/jax#12868); the price
-  is n copies of the graph to compile, superlinear in time and memory (C=8,
-  3 cells, 5 CG steps: over 25 min and 20 GB on XLA:CPU).
-  """
-  if not unroll:
-    return jax.lax.fori_loop(0, n, body, init)
-  for i in range(n):
-    init = body(i, init)
-  return init
+  def with_info(*args):
+    return (*estimator(*args), solvers.empty_info())
 
-
-def _neumann_solve(hvp, b, terms, lr, unroll=False):
-  """H^{-1} b ~= lr * sum_{k=0}^{terms} (I - lr H)^k b."""
-
-  def body(_, carry):
-    p, acc = carry
-    p = _axpy(-lr, hvp(p), p)
-    return p, jax.tree.map(jnp.add, acc, p)
-
-  _, acc = _loop(terms, body, (b, b), unroll)
-  return jax.tree.map(lambda a: (lr * a).astype(a.dtype), acc)
-
-
-def _cg_solve(hvp, b, iters, damping, unroll=False):
-  """Solves (H + damping I) x = b with `iters` conjugate-gradient steps."""
-  matvec = lambda x: _axpy(damping, x, hvp(x))
-
-  def safe_div(num, den):
-    # Once the residual is exactly zero CG is done; freeze instead of 0/0.
-    ok = den > 0
-    return jnp.where(ok, num / jnp.where(ok, den, jnp.ones_like(den)), 0.0)
-
-  def body(_, carry):
-    x, r, p, rs = carry
-    ap = matvec(p)
-    step = safe_div(rs, _vdot(p, ap))
-    x = _axpy(step, p, x)
-    r = _axpy(-step, ap, r)
-    rs_new = _vdot(r, r)
-    p = _axpy(safe_div(rs_new, rs), p, r)
-    return x, r, p, rs_new
-
-  x0 = jax.tree.map(jnp.zeros_like, b)
-  x, *_ = _loop(iters, body, (x0, b, b, _vdot(b, b)), unroll)
-  return x
+  return with_info
 
 
 def _implicit(solver):
@@ -359,23 +315,28 @@ def _implicit(solver):
     (g_w, g_a), aux = _grad(val, (0, 1), params, alphas, vb, o.axis_name)
     grad_w = lambda w: _grad(train, 0, w, alphas, tb, o.axis_name)[0]
     # Linearise once so every solver iteration reuses the forward pass.
-    _, hvp = jax.linearize(grad_w, params)
+    _, h = jax.linearize(grad_w, params)
+    # The weights minimise L_train + wd/2 ||w||^2 (coupled decay), whose
+    # Hessian is H + wd I; the decay has no alpha-w cross term.
+    hvp = lambda v: _axpy(o.weight_decay, v, h(v))
     if solver == "neumann":
-      x = _neumann_solve(hvp, g_w, o.neumann_terms, o.neumann_lr, o.unroll_solver)
+      x, info = solvers.neumann_solve(hvp, g_w, o.neumann_terms, o.neumann_lr,
+                                      o.unroll_solver)
     else:
-      x = _cg_solve(hvp, g_w, o.cg_iters, o.cg_damping, o.unroll_solver)
+      x, info = solvers.cg_solve(hvp, g_w, o.cg_iters, o.cg_damping,
+                                 o.unroll_solver)
     mixed = _mixed_product(train, params, alphas, tb, x, o.axis_name)
-    return _axpy(-1.0, mixed, g_a), aux
+    return _axpy(-1.0, mixed, g_a), aux, info
 
   return estimator
 
 
 _ESTIMATORS = {
-    "first_order": _first_order,
-    "unrolled": _unrolled,
-    "exact_hvp": _exact_hvp,
-    "finite_difference": _finite_difference,
-    "single_level": _single_level,
+    "first_order": _no_solve(_first_order),
+    "unrolled": _no_solve(_unrolled),
+    "exact_hvp": _no_solve(_exact_hvp),
+    "finite_difference": _no_solve(_finite_difference),
+    "single_level": _no_solve(_single_level),
     "implicit_neumann": _implicit("neumann"),
     "implicit_cg": _implicit("cg"),
 }
@@ -450,13 +411,15 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
               alphas: PyTree, train_batch: Any, val_batch: Any, *, xi=None,
               optimizer=None, opt_state=None, fd_eps=0.01,
               neumann_terms: int = 20, neumann_lr=None, cg_iters: int = 20,
-              cg_damping=0.0, unroll_solver: bool = False, has_aux: bool = False,
-              axis_name=None):
+              cg_damping=solvers.CG_DAMPING, weight_decay=0.0,
+              unroll_solver: bool = False, has_aux: bool = False,
+              axis_name=None, return_info: bool = False):
   """Estimates the architecture gradient d L_val(w*(alpha), alpha) / d alpha.
 
   Pure and jit-able: `method`, `optimizer`, `has_aux`, `axis_name`,
-  `neumann_terms`, `cg_iters` and `unroll_solver` are static Python values; `xi`, `fd_eps`,
-  `neumann_lr`, `cg_damping` may be Python numbers or traced scalars.
+  `neumann_terms`, `cg_iters`, `unroll_solver` and `return_info` are static
+  Python values; `xi`, `fd_eps`, `neumann_lr`, `cg_damping`, `weight_decay`
+  may be Python numbers or traced scalars.
 
   With w' the virtual step (plain SGD `w - xi * grad_w L_train` by default, or
   the optax update when `optimizer`/`opt_state` are given) and
@@ -470,9 +433,14 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
     (grad_alpha L_train(w + eps v) - grad_alpha L_train(w - eps v)) / (2 eps).
   * `single_level`: grad_alpha L_train(w, alpha) on the *train* batch.
   * `implicit_neumann`, `implicit_cg`: grad_alpha L_val(w, alpha) -
-    [grad^2_{alpha,w} L_train] H_ww^{-1} grad_w L_val(w, alpha) at the current
-    w, H^{-1} by `neumann_terms` Neumann terms with step `neumann_lr` or by
-    `cg_iters` CG steps on (H + cg_damping I).
+    [grad^2_{alpha,w} L_train] H^{-1} grad_w L_val(w, alpha) at the current
+    w, with H = H_ww + weight_decay I the Hessian of the objective the weight
+    optimiser minimises, H^{-1} by `neumann_terms` Neumann terms with step
+    `neumann_lr` or by `cg_iters` truncated-CG steps on (H + cg_damping I)
+    (`jdarts.solvers`). Both stop early instead of returning garbage: CG at
+    the first direction of non-positive curvature (on the first step that
+    gives the first-order gradient), the series when its terms grow (the sum
+    up to the last shrinking term); `return_info` says whether they did.
 
   `unrolled` vs `exact_hvp`: for plain SGD both are the same quantity (equal
   to round-off). With an optimizer, `unrolled` differentiates the real step
@@ -501,10 +469,21 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
     opt_state: its state for `params`; required with `optimizer`.
     fd_eps: numerator of the finite-difference step (paper: 0.01).
     neumann_terms: K, the series runs k = 0..K.
-    neumann_lr: eta in the Neumann series; must be below 2 / lambda_max(H).
-      Defaults to `xi`.
+    neumann_lr: eta in the Neumann series; it converges only for
+      0 < eta < 2 / lambda_max(H) (and H positive definite), otherwise
+      `info['diverged']`. Defaults to `xi`. Note that momentum SGD at learning
+      rate xi can sit at sharpness lambda_max ~ 2 (1 + momentum) / xi (the
+      edge of stability), beyond 2 / xi.
     cg_iters: number of conjugate-gradient iterations.
-    cg_damping: lambda >= 0 added to H's diagonal for CG.
+    cg_damping: lambda >= 0 added to H's diagonal for CG (not Neumann). The
+      default 1e-3 (`solvers.CG_DAMPING`) bounds the solution along the flat
+      directions of an over-parameterised network while changing directions
+      of curvature >= 0.1 by under 1%; pass 0.0 for the undamped system.
+    weight_decay: the coupled (L2) weight decay of the weight optimiser
+      (`optax.add_decayed_weights(wd)`, the search's `optim.weight_decay`):
+      the weights then minimise L_train + wd/2 ||w||^2, so both implicit
+      solvers use H_ww + wd I. Other methods ignore it (the optax virtual step
+      already includes the decay).
     unroll_solver: trace the Neumann / CG iterations one by one instead of a
       `lax.fori_loop` (same result). On XLA:CPU the loop runs convolutional
       HVPs ~7x slower; unrolling compiles `neumann_terms` / `cg_iters` copies,
@@ -515,10 +494,17 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
       `single_level` the train loss's aux at w).
     axis_name: optional mapped axis (pmap / shard_map); every gradient used
       (incl. the one forming w', and v) and the result are pmean-ed over it.
+    return_info: also return the linear solver's diagnostics.
 
   Returns:
     The hypergradient, a pytree shaped like `alphas`; with `has_aux`,
-    `(g_alpha, aux)` where aux is per device (not averaged).
+    `(g_alpha, aux)` where aux is per device (not averaged). With
+    `return_info`, `(that, info)`, info a dict of JAX scalars:
+    `iterations` (int32, solver steps / series terms in the result),
+    `negative_curvature` (bool, CG stopped at p.Hp <= 0), `diverged` (bool,
+    non-finite values or a growing Neumann series), `residual_norm`
+    (||b - H x|| of the solve, H including decay and CG damping). Methods
+    without a linear solve report 0 / False / 0.0.
 
   Raises:
     ValueError: unknown method, missing xi, opt_state not fitting params,
@@ -543,9 +529,15 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
     if not isinstance(neumann_terms, numbers.Integral) or neumann_terms < 0:
       raise ValueError(
           f"neumann_terms must be an int >= 0, got {neumann_terms!r}.")
+    if isinstance(neumann_lr, numbers.Number) and not neumann_lr > 0:
+      raise ValueError(f"neumann_lr must be > 0, got {neumann_lr!r}.")
   if method == "implicit_cg" and (not isinstance(cg_iters, numbers.Integral)
                                   or cg_iters < 1):
     raise ValueError(f"cg_iters must be an int >= 1, got {cg_iters!r}.")
+  for name, value in (("cg_damping", cg_damping), ("weight_decay", weight_decay)):
+    if method.startswith("implicit") and isinstance(
+        value, numbers.Number) and not value >= 0:
+      raise ValueError(f"{name} must be >= 0, got {value!r}.")
   if (method == "finite_difference" and isinstance(fd_eps, numbers.Number)
       and not fd_eps > 0):
     raise ValueError(f"fd_eps must be > 0, got {fd_eps!r}.")
@@ -558,9 +550,11 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
                   opt_state=opt_state if uses_step else None, fd_eps=fd_eps,
                   neumann_terms=int(neumann_terms), neumann_lr=neumann_lr,
                   cg_iters=int(cg_iters), cg_damping=cg_damping,
-                  axis_name=axis_name, unroll_solver=bool(unroll_solver))
+                  axis_name=axis_name, unroll_solver=bool(unroll_solver),
+                  weight_decay=weight_decay)
   train = _wrap_loss(train_loss, "train_loss", has_aux)
   val = _wrap_loss(val_loss, "val_loss", has_aux)
-  g, aux = _ESTIMATORS[method](train, val, params, alphas, train_batch,
-                               val_batch, opts)
-  return (g, aux) if has_aux else g
+  g, aux, info = _ESTIMATORS[method](train, val, params, alphas, train_batch,
+                                     val_batch, opts)
+  out = (g, aux) if has_aux else g
+  return (out, info) if return_info else out

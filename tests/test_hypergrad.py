@@ -16,7 +16,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec as P
 
-from jdarts import hypergrad
+from jdarts import hypergrad, solvers
 from jdarts.hypergrad import arch_grad
 
 
@@ -85,7 +85,7 @@ def test_implicit_matches_closed_form_at_inner_optimum():
   q = Quadratic()
   w_star = np.linalg.solve(q.A, q.B @ q.a)
   expected = q.D @ q.a + np.linalg.solve(q.A, q.B).T @ (w_star - q.c)
-  cg = q.grad("implicit_cg", w_star, cg_iters=10)
+  cg = q.grad("implicit_cg", w_star, cg_iters=10, cg_damping=0.0)
   neumann = q.grad("implicit_neumann", w_star, neumann_terms=80,
                    neumann_lr=0.4)
   np.testing.assert_allclose(cg, expected, rtol=0, atol=1e-8)
@@ -126,12 +126,131 @@ def test_implicit_away_from_optimum_and_damping():
       q.grad("implicit_cg", q.w, cg_iters=10, cg_damping=lam), expected,
       atol=1e-10)
   undamped = q.D @ q.a + q.B.T @ np.linalg.solve(q.A, q.w - q.c)
-  np.testing.assert_allclose(q.grad("implicit_cg", q.w, cg_iters=10),
+  np.testing.assert_allclose(q.grad("implicit_cg", q.w, cg_iters=10,
+                                   cg_damping=0.0),
                              undamped, atol=1e-10)
   # neumann_lr defaults to xi.
   np.testing.assert_allclose(
       q.grad("implicit_neumann", q.w, neumann_terms=80, xi=0.4), undamped,
       atol=1e-8)
+
+
+@pytest.mark.usefixtures("x64")
+def test_implicit_cg_default_damping_is_small_and_positive():
+  """With the default damping d, CG solves (A + d I) x = b, and
+  x - A^{-1} b = -d (A + d I)^{-1} A^{-1} b has norm at most
+  d / (lambda_min + d) ||A^{-1} b|| (lambda_min = 1 here), so the
+  hypergradient moves by at most ||B||_2 times that from the undamped one."""
+  q = Quadratic(seed=1)
+  d = solvers.CG_DAMPING
+  b = q.w - q.c
+  undamped_x = np.linalg.solve(q.A, b)
+  damped = q.D @ q.a + q.B.T @ np.linalg.solve(q.A + d * np.eye(5), b)
+  undamped = q.D @ q.a + q.B.T @ undamped_x
+  got = q.grad("implicit_cg", q.w, cg_iters=10)
+  np.testing.assert_allclose(got, damped, rtol=0, atol=1e-10)
+  bound = np.linalg.norm(q.B, 2) * d / (1.0 + d) * np.linalg.norm(undamped_x)
+  shift = np.linalg.norm(got - undamped)
+  assert 1e-6 < shift <= bound, (shift, bound)  # positive, and as small as said
+  assert bound < 1e-2 * np.linalg.norm(undamped)
+
+
+@pytest.mark.usefixtures("x64")
+def test_implicit_cg_stops_at_negative_curvature():
+  """Indefinite H: CG takes one step, meets p.Hp < 0 and returns x_1."""
+  q = Quadratic(seed=0)
+  rot, _ = np.linalg.qr(np.random.default_rng(100).normal(size=(5, 5)))
+  q.A = rot @ np.diag([3.0, 2.0, 1.0, -0.5, -2.0]) @ rot.T
+  b = q.w - q.c  # grad_w L_val, the right-hand side
+  x1 = (b @ b) / (b @ q.A @ b) * b  # the first CG iterate (b.Ab > 0 here)
+  r1 = b - q.A @ x1
+  p1 = r1 + (r1 @ r1) / (b @ b) * b
+  assert b @ q.A @ b > 0 and p1 @ q.A @ p1 < 0  # the case under test
+  expected = q.D @ q.a + q.B.T @ x1
+  kw = dict(cg_iters=10, cg_damping=0.0, return_info=True)
+  for unroll in (False, True):
+    g, info = arch_grad("implicit_cg", q.train_loss, q.val_loss,
+                        q.to_params(q.w), q.to_alphas(q.a), None, None,
+                        unroll_solver=unroll, **kw)
+    np.testing.assert_allclose(q.vec_a(g), expected, rtol=0, atol=1e-12)
+    assert bool(info["negative_curvature"]) and not bool(info["diverged"])
+    assert int(info["iterations"]) == 1
+    np.testing.assert_allclose(info["residual_norm"], np.linalg.norm(r1),
+                               rtol=1e-12)
+
+
+@pytest.mark.usefixtures("x64")
+def test_implicit_weight_decay_matches_regularised_closed_form():
+  """Coupled decay: the weights minimise L_train + wd/2 ||w||^2."""
+  q = Quadratic(seed=3)
+  wd = 0.5
+  a_reg = q.A + wd * np.eye(5)
+  w_star = np.linalg.solve(a_reg, q.B @ q.a)
+  expected = q.D @ q.a + q.B.T @ np.linalg.solve(a_reg, w_star - q.c)
+  # Independently: autodiff through w*(a) = (A + wd I)^{-1} B a.
+  outer = lambda a: q.val_loss(q.to_params(jnp.linalg.solve(a_reg, q.B @ a)),
+                               q.to_alphas(a), None)
+  np.testing.assert_allclose(jax.grad(outer)(jnp.asarray(q.a)), expected,
+                             rtol=0, atol=1e-12)
+  # H + wd I has eigenvalues in [1.5, 3.5]: lr = 0.4 contracts by 0.4 a term.
+  for method, kw in [("implicit_cg", dict(cg_iters=10, cg_damping=0.0)),
+                     ("implicit_neumann", dict(neumann_terms=60, neumann_lr=0.4))]:
+    got = q.grad(method, w_star, weight_decay=wd, **kw)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10, err_msg=method)
+    # Without the decay term the answer is visibly different.
+    assert np.abs(q.grad(method, w_star, **kw) - expected).max() > 1e-2, method
+
+
+@pytest.mark.usefixtures("x64")
+def test_neumann_divergence_is_flagged_and_truncated():
+  """lr = 0.9 > 2 / lambda_max = 2/3: the series grows by up to 1.7 a term."""
+  q = Quadratic(seed=1)
+  lr, terms = 0.9, 40
+  b = q.w - q.c
+  step = np.eye(5) - lr * q.A
+  p = [b]
+  while np.linalg.norm(p[-1]) <= 2 * np.linalg.norm(b):
+    p.append(step @ p[-1])
+  norms = [np.linalg.norm(t) for t in p[:-1]]
+  last = max(k for k in range(len(norms)) if k == 0 or norms[k] <= norms[k - 1])
+  assert 0 < last < len(norms) - 1 < terms  # shrinks, then grows, then trips
+  expected = q.D @ q.a + q.B.T @ (lr * np.sum(p[:last + 1], axis=0))
+
+  @jax.jit
+  def solve(w):
+    return arch_grad("implicit_neumann", q.train_loss, q.val_loss,
+                     q.to_params(w), q.to_alphas(q.a), None, None,
+                     neumann_terms=terms, neumann_lr=lr, return_info=True)
+
+  g, info = solve(q.w)
+  np.testing.assert_allclose(q.vec_a(g), expected, rtol=0, atol=1e-12)
+  assert bool(info["diverged"]) and not bool(info["negative_curvature"])
+  assert int(info["iterations"]) == last
+  # A contractive step is not flagged, and converges.
+  g, info = arch_grad("implicit_neumann", q.train_loss, q.val_loss,
+                      q.to_params(q.w), q.to_alphas(q.a), None, None,
+                      neumann_terms=terms, neumann_lr=0.4, return_info=True)
+  assert not bool(info["diverged"]) and int(info["iterations"]) == terms
+  # Residual b - H x = (I - lr H)^{terms+1} b, and ||I - 0.4 H|| = 0.6.
+  assert float(info["residual_norm"]) <= 0.6**(terms + 1) * np.linalg.norm(b)
+  # Methods without a solve report an empty one.
+  _, info = arch_grad("first_order", q.train_loss, q.val_loss, q.to_params(q.w),
+                      q.to_alphas(q.a), None, None, return_info=True)
+  assert int(info["iterations"]) == 0 and not bool(info["diverged"])
+
+
+def test_solver_settings_are_validated():
+  q = Quadratic()
+  call = lambda method, **kw: jax.eval_shape(lambda: arch_grad(
+      method, q.train_loss, q.val_loss, q.to_params(q.w), q.to_alphas(q.a),
+      None, None, **kw))
+  with pytest.raises(ValueError, match="neumann_lr must be > 0"):
+    call("implicit_neumann", neumann_lr=0.0)
+  with pytest.raises(ValueError, match="cg_damping must be >= 0"):
+    call("implicit_cg", cg_damping=-1e-3)
+  with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+    call("implicit_neumann", xi=0.1, weight_decay=-3e-4)
+  call("implicit_cg", weight_decay=3e-4)  # a valid call passes
 
 
 @pytest.mark.usefixtures("x64")
