@@ -108,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   logger.setLevel(logging.INFO)
   logger.propagate = False  # absl's root handler would print every line twice
   from jdarts import config_lib
-  from jdarts.data import DatasetNotFoundError
+  from jdarts.data import DataError, DatasetNotFoundError
   from jdarts.checkpoint import CheckpointCorruptError, CheckpointMismatchError
   try:
     as_json = command == "summary" and "--json" in rest
@@ -123,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif command == "summary":
       from jdarts import summary
       print(summary.run(config, as_json=as_json))
-  except (UsageError, config_lib.ConfigError, DatasetNotFoundError,
+  except (UsageError, config_lib.ConfigError, DatasetNotFoundError, DataError,
           CheckpointMismatchError, CheckpointCorruptError) as e:
     print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
     return 2

@@ -59,7 +59,9 @@ def search_defaults() -> ml_collections.ConfigDict:
       virtual_step="optimizer",   # 'optimizer': the real optax step; 'sgd': w - xi g
       fd_eps=0.01,                # eq. 8: eps = 0.01 / ||grad||
       neumann_terms=20, neumann_lr=0.0,  # 0: use xi
-      cg_iters=20, cg_damping=0.0,
+      # jdarts.solvers.CG_DAMPING: ~3x the weight decay, caps 1/lambda blow-up on
+      # near-flat directions; the implicit Hessian also gets optim.weight_decay.
+      cg_iters=20, cg_damping=1e-3,
       unroll_solver=False,        # True: Python-unrolled Neumann/CG; faster runs on
                                   # CPU, far longer compiles (benchmarks/RESULTS.md)
       step_kind="auto",           # 'auto': from the method; or a search.STEP_KINDS name

@@ -124,6 +124,7 @@ class Probe:
     self.reference = reference_method(h)
     self.space, self.w_opt, self.schedule = space, w_opt, schedule
     self.arch = cfg.arch
+    self.weight_decay = cfg.optim.weight_decay
     self.real_step = real_virtual_step(cfg.arch)
     self._compiled: Dict[str, Any] = {}
 
@@ -165,7 +166,7 @@ class Probe:
       compile_s = 0.0
       if m not in self._compiled:
         fn = hc.estimator_fn(m, packed_loss(self.space), packed_loss(self.space), w_opt, False,
-                           search_lib.estimator_options(self.arch))
+                           search_lib.estimator_options(self.arch, self.weight_decay))
         self._compiled[m], compile_s = hc.compile_estimator(m, fn, args)
       t0 = time.perf_counter()
       grads[m] = jax.device_get(jax.block_until_ready(self._compiled[m](*args)))

@@ -109,19 +109,26 @@ def bind_loss(space, rng, carry) -> Callable:
   return loss
 
 
-def estimator_options(arch_cfg) -> dict:
+def estimator_options(arch_cfg, weight_decay: float = 0.0) -> dict:
   """The `hypergrad.arch_grad` settings an `arch` config block holds.
+
+  Args:
+    arch_cfg: the config's `arch` block.
+    weight_decay: the weight optimiser's coupled decay (`optim.weight_decay`):
+      part of the inner objective, so of the implicit methods' Hessian.
 
   Returns:
     {'fd_eps', 'neumann_terms', 'neumann_lr' (None: use xi), 'cg_iters',
-    'cg_damping', 'unroll_solver'}, defaults filled in for older configs.
+    'cg_damping', 'unroll_solver', 'weight_decay'}, defaults filled in for
+    older configs.
   """
   return dict(fd_eps=arch_cfg.get("fd_eps", 0.01),
               neumann_terms=arch_cfg.get("neumann_terms", 20),
               neumann_lr=(arch_cfg.get("neumann_lr", 0.0) or None),
               cg_iters=arch_cfg.get("cg_iters", 20),
-              cg_damping=arch_cfg.get("cg_damping", 0.0),
-              unroll_solver=arch_cfg.get("unroll_solver", False))
+              cg_damping=arch_cfg.get("cg_damping", 1e-3),
+              unroll_solver=arch_cfg.get("unroll_solver", False),
+              weight_decay=float(weight_decay or 0.0))
 
 
 class StepContext(NamedTuple):
@@ -133,6 +140,7 @@ class StepContext(NamedTuple):
     w_opt, a_opt: optax optimisers of the weights and the alphas.
     schedule: the weights' learning rate as a function of the step.
     axis_name: device axis, or None on one device.
+    weight_decay: the weights' coupled decay (implicit estimators' Hessian).
   """
   space: Any
   arch_cfg: Any
@@ -140,6 +148,7 @@ class StepContext(NamedTuple):
   a_opt: optax.GradientTransformation
   schedule: Callable
   axis_name: Optional[str]
+  weight_decay: float = 0.0
 
 
 STEP_KINDS = Registry("search step kind")
@@ -196,7 +205,7 @@ def _bilevel(ctx: StepContext) -> Callable:
         arch.method, train_loss, val_loss, state.params, state.alphas, train_batch,
         val_batch, xi=xi, optimizer=ctx.w_opt if real_step else None,
         opt_state=state.w_opt_state if real_step else None,
-        has_aux=True, axis_name=axis, **estimator_options(arch))
+        has_aux=True, axis_name=axis, **estimator_options(arch, ctx.weight_decay))
     g_a = _pmean(g_a, axis)
     a_upd, a_os = ctx.a_opt.update(g_a, state.a_opt_state, state.alphas)
     alphas = optax.apply_updates(state.alphas, a_upd)
@@ -285,7 +294,7 @@ def _fused_first_order(ctx: StepContext) -> Callable:
 
 
 def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
-                     axis_name: Optional[str] = None) -> Callable:
+                     axis_name: Optional[str] = None, weight_decay: float = 0.0) -> Callable:
   """Builds the per-device search step `(state, train_batch, val_batch) -> (state, metrics)`.
 
   Args:
@@ -301,6 +310,7 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
     schedule: the weights' learning rate as a function of the step.
     axis_name: device axis to average gradients, metrics and (if the space
       was built with it) BatchNorm moments over; None on one device.
+    weight_decay: `optim.weight_decay`, for the implicit estimators' Hessian.
 
   Returns:
     The step function; metrics are float32 scalars: train_loss, val_loss,
@@ -311,4 +321,5 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
     raise ValueError(f"Unknown arch.method {arch_cfg.method!r}; choose one of "
                      f"{', '.join(hypergrad.METHODS)}.")
   build = STEP_KINDS.get(step_kind_for(arch_cfg))
-  return build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name))
+  return build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name,
+                           float(weight_decay or 0.0)))

@@ -85,7 +85,8 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
                                  bn_axis_name=axis if cfg.parallel.cross_replica_bn else None)
   schedule, w_opt, a_opt, state = experiment.init_search(cfg, space, spe)
   step_fn = r.parallel_step(
-      search_lib.make_search_step(space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis),
+      search_lib.make_search_step(space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis,
+                                  weight_decay=cfg.optim.weight_decay),
       num_devices, global_devices, num_batches=2)
 
   # Host (numpy) values: one copy, written by the primary process; device
