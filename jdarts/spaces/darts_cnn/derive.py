@@ -9,8 +9,8 @@ that softmax reproduces the reference's `genotype()` exactly. A user-registered
 mixing is computed by its own JAX function at JAX's default precision.
 
 Note on Max-W (w' = 1 - max(w) + w): every edge whose strongest operation is
-not 'none' gets strength exactly 1, so such edges tie and the lower
-predecessor index wins.
+not 'none' gets strength 1 (exactly, when that weight is at least 1/2), so
+such edges tie and the lower predecessor index wins.
 """
 from __future__ import annotations
 

@@ -56,6 +56,11 @@ def _check_int(cfg, key: str, default: int, low: int, high: Optional[int] = None
   return got
 
 
+def _did_you_mean(name, choices) -> str:
+  close = difflib.get_close_matches(str(name), list(choices), n=1)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check_primitives(cfg) -> None:
   got = config_get(cfg, "primitives", PRIMITIVES)
   if isinstance(got, (str, bytes)) or not isinstance(got, Sequence) or not got:
@@ -63,8 +68,7 @@ def _check_primitives(cfg) -> None:
                       f"names, e.g. {PRIMITIVES}.")
   for p in got:
     if p not in primitives_lib.OPS:
-      close = difflib.get_close_matches(str(p), primitives_lib.OPS.names(), n=1)
-      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      hint = _did_you_mean(p, primitives_lib.OPS.names())
       raise ConfigError(f"model.primitives has unknown operation {p!r}{hint}; known: "
                         f"{', '.join(primitives_lib.OPS.names())}.")
   repeated = sorted({p for p in got if list(got).count(p) > 1})
@@ -111,7 +115,8 @@ class DartsCNNSpace(SpaceBase):
     _check_primitives(model_cfg)
     mix = config_get(model_cfg, "mixing", "softmax")
     if mix not in mixing.MIXINGS:
-      raise ConfigError(f"model.mixing={mix!r} is unknown; choose one of "
+      raise ConfigError(f"model.mixing={mix!r} is unknown"
+                        f"{_did_you_mean(mix, mixing.MIXINGS.names())}; choose one of "
                         f"{', '.join(mixing.MIXINGS.names())}.")
     dtype = config_get(model_cfg, "dtype", "float32")
     if dtype not in DTYPES:
