@@ -1,4 +1,4 @@
-"""Discrete DARTS architectures (genotypes): published cells, derivation, JSON.
+"""Discrete architectures of DARTS-style cells (genotypes): the type, published cells, JSON.
 
 A CNN genotype describes one normal and one reduction cell. Each cell has two
 inputs (node 0 = output of the cell two back, node 1 = output of the previous
@@ -10,15 +10,18 @@ node order, plus the list of node indices concatenated into the cell output::
   Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ...],
            normal_concat=[2, 3, 4, 5], reduce=[...], reduce_concat=[2, 3, 4, 5])
 
-`derive` turns search-time architecture weights into a genotype (paper sec.
-2.4). The published cells (NASNet, AmoebaNet, DARTS_V1, DARTS_V2) are
-reproduced entry for entry from the reference implementation (quark0/darts
-`cnn/genotypes.py`, `rnn/genotypes.py`), since evaluation results depend on
-the exact order of the entries.
+Every space whose cells have this shape shares the type, validation, JSON
+files and the registry of named genotypes here; each space derives its own
+genotypes from its alphas (the DARTS CNN space: `jdarts.spaces.darts_cnn.derive`).
+The published cells (NASNet, AmoebaNet, DARTS_V1, DARTS_V2) are reproduced
+entry for entry from the reference implementation (quark0/darts
+`cnn/genotypes.py`), since evaluation results depend on the exact order of
+the entries. Recurrent genotypes live with their space
+(`jdarts.spaces.darts_rnn.genotypes`).
 
 This module depends on numpy only, so that tools which merely read, print or
-convert genotypes do not pay for importing JAX or Flax; `derive` accepts JAX
-arrays through `np.asarray`.
+convert genotypes do not pay for importing JAX or Flax; for the same reason
+(and because imports point one way) it imports no search space.
 """
 from __future__ import annotations
 
@@ -29,8 +32,12 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
-# Order matters: it is the column order of the alphas and, as in the reference,
-# decides ties between equally strong operations (the earlier one wins).
+# The DARTS CNN space's candidate operations, by name. Order matters: it is the
+# column order of the alphas and, as in the reference, decides ties between
+# equally strong operations (the earlier one wins). The names live here, not
+# with the space's operation registry (jdarts.spaces.darts_cnn.primitives,
+# which re-exports them), because the published genotypes and 'random:SEED'
+# need them without importing JAX, Flax or a search space.
 PRIMITIVES: Tuple[str, ...] = (
     'none',
     'max_pool_3x3',
@@ -48,9 +55,6 @@ EXTRA_OPS: Tuple[str, ...] = ('sep_conv_7x7', 'conv_7x1_1x7')
 
 # Operation names a genotype may contain unless the caller says otherwise.
 KNOWN_OPS: Tuple[str, ...] = PRIMITIVES + EXTRA_OPS
-
-# Candidate operations of the DARTS recurrent cell (reference rnn/genotypes.py).
-RNN_PRIMITIVES: Tuple[str, ...] = ('none', 'tanh', 'relu', 'sigmoid', 'identity')
 
 _JSON_KEYS = ('normal', 'normal_concat', 'reduce', 'reduce_concat')
 _JSON_FILENAME = 'genotype.json'
@@ -72,18 +76,6 @@ class Genotype(NamedTuple):
   normal_concat: List[int]
   reduce: List[Entry]
   reduce_concat: List[int]
-
-
-class RNNGenotype(NamedTuple):
-  """A discrete recurrent cell (paper sec. 2.1, A.1.2).
-
-  Attributes:
-    recurrent: one `(activation, input_index)` pair per intermediate node;
-      node 0 is the combination of x_t and h_{t-1}, entry `i` is node `i + 1`.
-    concat: node indices averaged into h_t.
-  """
-  recurrent: List[Entry]
-  concat: List[int]
 
 
 # ---------------------------------------------------------------------------
@@ -187,35 +179,6 @@ DARTS_V2 = Genotype(
 
 DARTS = DARTS_V2
 
-# Published recurrent cells, from quark0/darts rnn/genotypes.py
-# (`concat=range(1, 9)` there).
-RNN_ENAS = RNNGenotype(
-  recurrent=[
-    ('tanh', 0), ('tanh', 1), ('relu', 1), ('tanh', 3), ('tanh', 3),
-    ('relu', 3), ('relu', 4), ('relu', 7), ('relu', 8), ('relu', 8),
-    ('relu', 8),
-  ],
-  concat=[2, 5, 6, 9, 10, 11],
-)
-
-RNN_DARTS_V1 = RNNGenotype(
-  recurrent=[
-    ('relu', 0), ('relu', 1), ('tanh', 2), ('relu', 3),
-    ('relu', 4), ('identity', 1), ('relu', 5), ('relu', 1),
-  ],
-  concat=[1, 2, 3, 4, 5, 6, 7, 8],
-)
-
-RNN_DARTS_V2 = RNNGenotype(
-  recurrent=[
-    ('sigmoid', 0), ('relu', 1), ('relu', 1), ('identity', 1),
-    ('tanh', 2), ('sigmoid', 5), ('tanh', 3), ('relu', 5),
-  ],
-  concat=[1, 2, 3, 4, 5, 6, 7, 8],
-)
-
-RNN_DARTS = RNN_DARTS_V2
-
 GENOTYPES: Dict[str, Genotype] = {
   'NASNet': NASNet,
   'AmoebaNet': AmoebaNet,
@@ -223,14 +186,6 @@ GENOTYPES: Dict[str, Genotype] = {
   'DARTS_V2': DARTS_V2,
   'DARTS': DARTS,
 }
-
-RNN_GENOTYPES: Dict[str, RNNGenotype] = {
-  'ENAS': RNN_ENAS,
-  'DARTS_V1': RNN_DARTS_V1,
-  'DARTS_V2': RNN_DARTS_V2,
-  'DARTS': RNN_DARTS,
-}
-
 
 # ---------------------------------------------------------------------------
 # Validation.
@@ -345,106 +300,23 @@ def register_genotype(name: str, genotype: Genotype, *,
 
 
 # ---------------------------------------------------------------------------
-# Deriving a discrete cell from architecture weights (paper sec. 2.4).
-# ---------------------------------------------------------------------------
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-  """Row-wise softmax of a (E, O) float64 array."""
-  z = np.exp(x - x.max(axis=-1, keepdims=True))
-  return z / z.sum(axis=-1, keepdims=True)
-
-
-def _parse_cell(alphas, name: str, primitives: Sequence[str], steps: int,
-                k: int) -> List[Entry]:
-  """Keeps the k strongest edges into each node and their strongest op."""
-  num_edges = sum(2 + i for i in range(steps))
-  expected = (num_edges, len(primitives))
-  a = np.asarray(alphas)
-  if a.shape != expected:
-    raise ValueError(f"{name} has shape {tuple(a.shape)}; the DARTS CNN cell with "
-                     f"{steps} steps needs {expected}.")
-  # Upcast: bfloat16 alphas softmaxed in their own precision would turn the
-  # near-uniform strengths of an early search into spurious ties.
-  a = a.astype(np.float64)
-  if not np.all(np.isfinite(a)):
-    raise ValueError(f"{name} contains non-finite values; the search diverged.")
-  strength = _softmax(a)
-  # 'none' only rescales a node, so it is never a candidate (paper sec. 2.4);
-  # its alpha still enters the softmax, exactly as in the reference.
-  candidates = np.array([p != 'none' for p in primitives])
-  masked = np.where(candidates, strength, -np.inf)
-  best_op = np.argmax(masked, axis=-1)  # first maximum: earlier primitive wins
-  best_strength = masked.max(axis=-1)
-
-  gene = []
-  start = 0
-  for i in range(steps):
-    end = start + i + 2
-    # Stable sort of the negated strength = strongest first, ties to the lower
-    # predecessor index; the reference's `sorted(..., key=-max)` does the same.
-    order = np.argsort(-best_strength[start:end], kind='stable')[:k]
-    for j in order:
-      gene.append((primitives[best_op[start + j]], int(j)))
-    start = end
-  return gene
-
-
-def derive(alphas_normal, alphas_reduce, primitives: Sequence[str] = PRIMITIVES, *,
-           steps: int = 4, multiplier: int = 4, k: int = 2) -> Genotype:
-  """Discretises the architecture weights of a DARTS CNN search (paper sec. 2.4).
-
-  For every intermediate node, each incoming edge is scored by its strongest
-  non-'none' operation, with strength softmax(alphas of the edge) (the softmax
-  runs over all operations, 'none' included). The k best edges are kept,
-  strongest first (ties: lower predecessor index), each with its strongest
-  non-'none' operation (ties: earlier in `primitives`). This reproduces
-  `Network.genotype()` of quark0/darts `cnn/model_search.py`.
-
-  Args:
-    alphas_normal: (E, O) architecture logits of the normal cell, numpy or JAX;
-      E = 2 + 3 + ... + (steps + 1) edges (14 for 4 steps), laid out node by
-      node (node 2's edges from nodes 0, 1; node 3's from 0, 1, 2; ...);
-      O = len(primitives).
-    alphas_reduce: (E, O) logits of the reduction cell.
-    primitives: operation names, in the column order of the alphas.
-    steps: number of intermediate nodes.
-    multiplier: how many of the last intermediate nodes form the cell output.
-    k: edges kept per node; the evaluation network and the JSON format assume
-      the DARTS value 2 (the first node has only 2 predecessors, so k <= 2).
-
-  Returns:
-    A `Genotype` with `k * steps` entries per cell and concat
-    `[2 + steps - multiplier, ..., steps + 1]`.
-
-  Raises:
-    ValueError: on a shape mismatch, non-finite alphas, 'none' as the only
-      primitive, or steps / multiplier / k out of range.
-  """
-  primitives = tuple(primitives)
-  if not _is_int(steps) or steps < 1:
-    raise ValueError(f"steps must be a positive integer; got {steps!r}.")
-  if not _is_int(multiplier) or not 1 <= multiplier <= steps:
-    raise ValueError(f"multiplier must be in 1..steps={steps}; got {multiplier!r}.")
-  if not _is_int(k) or not 1 <= k <= 2:
-    raise ValueError(f"k must be 1 or 2 (node 2 has only 2 predecessors); got {k!r}.")
-  if all(p == 'none' for p in primitives):
-    raise ValueError(f"primitives {primitives!r} have no operation besides 'none'.")
-  normal = _parse_cell(alphas_normal, 'alphas_normal', primitives, steps, k)
-  reduce = _parse_cell(alphas_reduce, 'alphas_reduce', primitives, steps, k)
-  concat = list(range(2 + steps - multiplier, steps + 2))
-  return Genotype(normal, concat, reduce, list(concat))
-
-
-# ---------------------------------------------------------------------------
 # Random architectures of the same space (the baseline a search must beat).
 # ---------------------------------------------------------------------------
 
 RANDOM_PREFIX = 'random:'
 
 
+def check_cell_size(steps, multiplier) -> None:
+  """Raises ValueError unless steps >= 1 and 1 <= multiplier <= steps (python ints)."""
+  if not _is_int(steps) or steps < 1:
+    raise ValueError(f"steps must be a positive integer; got {steps!r}.")
+  if not _is_int(multiplier) or not 1 <= multiplier <= steps:
+    raise ValueError(f"multiplier must be in 1..steps={steps}; got {multiplier!r}.")
+
+
 def random_genotype(seed: int, primitives: Sequence[str] = PRIMITIVES, *, steps: int = 4,
                     multiplier: int = 4) -> Genotype:
-  """A genotype drawn uniformly from the cells `derive` can return.
+  """A genotype drawn uniformly from the cells a DARTS derivation can return.
 
   The same structure as a derived genotype (paper sec. 2.4): every
   intermediate node reads two distinct earlier nodes, an unordered pair drawn
@@ -469,10 +341,7 @@ def random_genotype(seed: int, primitives: Sequence[str] = PRIMITIVES, *, steps:
   """
   if not _is_int(seed) or seed < 0:
     raise ValueError(f"seed must be a non-negative integer; got {seed!r}.")
-  if not _is_int(steps) or steps < 1:
-    raise ValueError(f"steps must be a positive integer; got {steps!r}.")
-  if not _is_int(multiplier) or not 1 <= multiplier <= steps:
-    raise ValueError(f"multiplier must be in 1..steps={steps}; got {multiplier!r}.")
+  check_cell_size(steps, multiplier)
   ops = [p for p in primitives if p != 'none']
   if not ops:
     raise ValueError(f"primitives {tuple(primitives)!r} have no operation besides 'none'.")
@@ -534,7 +403,8 @@ def genotype_from_json(d: Mapping[str, Any], *,
   Args:
     d: mapping with exactly the keys normal, normal_concat, reduce, reduce_concat.
     known_ops: allowed operation names (`None`: any). Genotypes searched over
-      custom operations need their names here, e.g. `ops.OPS.names()`.
+      custom operations need their names here, e.g.
+      `jdarts.spaces.darts_cnn.primitives.OPS.names()`.
     where: prefix for error messages.
 
   Raises:
@@ -617,7 +487,7 @@ def load_genotype(name_or_path: Union[str, os.PathLike], *,
   return genotype_from_json(d, known_ops=known_ops, where=f"{path}: ")
 
 
-def format_genotype(genotype: Union[Genotype, RNNGenotype]) -> str:
+def format_genotype(genotype: Genotype) -> str:
   """A compact summary for logs, one line per cell.
 
   Example::
@@ -632,7 +502,5 @@ def format_genotype(genotype: Union[Genotype, RNNGenotype]) -> str:
       nodes.append(f'{first_node + n // per_node}<-{ops}')
     return f"{' '.join(nodes)} concat={list(concat)}"
 
-  if isinstance(genotype, RNNGenotype):
-    return f"recurrent: {cell(genotype.recurrent, genotype.concat, 1, 1)}"
   return (f"normal: {cell(genotype.normal, genotype.normal_concat, 2, 2)}\n"
           f"reduce: {cell(genotype.reduce, genotype.reduce_concat, 2, 2)}")

@@ -1,13 +1,14 @@
-"""Candidate operations of the DARTS search spaces, as Flax linen modules.
+"""Building blocks of convolutional search spaces and networks, as Flax linen modules.
 
 Layout is NHWC throughout (channels last, as XLA prefers), so the reference
-implementation's channel concatenation on axis 1 is axis -1 here.
+implementation's channel concatenation on axis 1 is axis -1 here. Every
+module is called as `module(x, train=True)` with `x` of shape (N, H, W, C) ->
+(N, H // stride, W // stride, C_out).
 
-Every operation is built by a factory in the `OPS` registry with the signature
-`factory(C, stride, affine, opts) -> nn.Module`, and every module is called as
-`module(x, train=True)` with `x` of shape (N, H, W, C) -> (N, H // stride,
-W // stride, C_out). Users can add their own operations with
-`OPS.register("name", factory)`.
+No operation namespace lives here: each search space names its candidate
+operations itself (the DARTS CNN space's registry is
+`jdarts.spaces.darts_cnn.primitives.OPS`), since the same name can mean
+different operations in different spaces.
 
 Two details that matter for faithfulness and speed:
 
@@ -26,16 +27,12 @@ Two details that matter for faithfulness and speed:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-from jdarts.registry import Registry
-
-OPS = Registry("operation")
 
 DEPTHWISE_IMPLS = ("auto", "xla", "shift", "dense")
 
@@ -333,69 +330,6 @@ class Pool(nn.Module):
                        count_include_pad=False)
 
 
-def _check_same_channels(name):
-  def wrap(factory):
-    def make(C, stride, affine, opts=OpOptions()):
-      if stride not in (1, 2):
-        raise ValueError(f"Operation {name!r}: stride must be 1 or 2, got {stride}.")
-      return factory(C, stride, affine, opts)
-    make.__doc__ = factory.__doc__
-    return make
-  return wrap
-
-
-def _register(name):
-  def deco(factory):
-    OPS.register(name, _check_same_channels(name)(factory))
-    return factory
-  return deco
-
-
-@_register("none")
-def _none(C, stride, affine, opts):
-  return Zero(stride)
-
-
-@_register("max_pool_3x3")
-def _max_pool(C, stride, affine, opts):
-  return Pool("max", stride)
-
-
-@_register("avg_pool_3x3")
-def _avg_pool(C, stride, affine, opts):
-  return Pool("avg", stride)
-
-
-@_register("skip_connect")
-def _skip(C, stride, affine, opts):
-  return Identity() if stride == 1 else FactorizedReduce(C, affine, opts)
-
-
-@_register("sep_conv_3x3")
-def _sep3(C, stride, affine, opts):
-  return SepConv(C, 3, stride, 1, affine, opts)
-
-
-@_register("sep_conv_5x5")
-def _sep5(C, stride, affine, opts):
-  return SepConv(C, 5, stride, 2, affine, opts)
-
-
-@_register("sep_conv_7x7")
-def _sep7(C, stride, affine, opts):
-  return SepConv(C, 7, stride, 3, affine, opts)
-
-
-@_register("dil_conv_3x3")
-def _dil3(C, stride, affine, opts):
-  return DilConv(C, 3, stride, 2, 2, affine, opts)
-
-
-@_register("dil_conv_5x5")
-def _dil5(C, stride, affine, opts):
-  return DilConv(C, 5, stride, 4, 2, affine, opts)
-
-
 class Conv7x1_1x7(nn.Module):
   """ReLU -> 1x7 conv -> 7x1 conv -> BN (used by NASNet/AmoebaNet cells)."""
   C_out: int
@@ -414,35 +348,14 @@ class Conv7x1_1x7(nn.Module):
     return BatchNorm(self.affine, self.opts)(x, train)
 
 
-@_register("conv_7x1_1x7")
-def _conv71(C, stride, affine, opts):
-  return Conv7x1_1x7(C, stride, affine, opts)
-
-
-def make_op(name: str, C: int, stride: int, affine: bool,
-            opts: OpOptions = OpOptions()) -> nn.Module:
-  """Builds the registered operation `name` mapping C channels to C channels.
-
-  Args:
-    name: a key of `OPS` (e.g. 'sep_conv_3x3').
-    C: input and output channels.
-    stride: 1, or 2 for operations of a reduction cell's first two inputs.
-    affine: whether BatchNorms have learnable scale and bias.
-    opts: options shared by the network's operations.
-
-  Returns:
-    A module mapping (N, H, W, C) -> (N, H / stride, W / stride, C).
-  """
-  return OPS.get(name)(C, stride, affine, opts)
-
-
 def count_params(tree) -> int:
   """Total number of scalar entries in a pytree of arrays."""
   return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
 
 
 __all__ = [
-    "OPS", "OpOptions", "BatchNorm", "DepthwiseConv", "ReLUConvBN", "DilConv",
-    "SepConv", "FactorizedReduce", "Zero", "Identity", "Pool", "make_op",
-    "depthwise_conv_shift", "depthwise_conv_dense", "resolve_depthwise", "count_params",
+    "OpOptions", "BatchNorm", "DepthwiseConv", "ReLUConvBN", "DilConv", "SepConv",
+    "FactorizedReduce", "Conv7x1_1x7", "Zero", "Identity", "Pool", "DEPTHWISE_IMPLS",
+    "depthwise_conv_shift", "depthwise_conv_dense", "resolve_depthwise", "shifted_taps",
+    "torch_default_init", "count_params",
 ]

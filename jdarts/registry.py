@@ -3,11 +3,15 @@
 A registry is a plain mapping from a name to a factory. Users register their own
 entries with the decorator::
 
-    from jdarts import ops
+    from jdarts import mixing
 
-    @ops.OPS.register("my_conv")
-    def my_conv(C, stride, affine, opts):  # opts: jdarts.ops.OpOptions
-        return MyConv(C, stride, affine)    # a Flax module (N, H, W, C) -> (N, H/s, W/s, C)
+    @mixing.MIXINGS.register("relu_norm")
+    def relu_norm(alphas):                  # (..., num_ops) -> (..., num_ops) weights
+        w = jax.nn.relu(alphas)
+        return w / (w.sum(-1, keepdims=True) + 1e-8)
+
+Each search space keeps its own operation registry, with metadata, e.g.
+`jdarts.spaces.darts_cnn.primitives.OPS`.
 """
 from __future__ import annotations
 

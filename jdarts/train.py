@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from jdarts import evaluation
-from jdarts.spaces.darts_cnn import cross_entropy
+from jdarts.losses import cross_entropy
 
 log = logging.getLogger("jdarts")
 PyTree = Any

@@ -2,6 +2,7 @@
 import ml_collections
 
 from jdarts import config_lib
+from jdarts import data
 
 TINY_PRIMITIVES = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
 
@@ -12,6 +13,14 @@ def tiny_model(**overrides):
            primitives=TINY_PRIMITIVES)
   m.update(overrides)
   return m
+
+
+def image_info(image_shape=(8, 8, 3), num_classes=10) -> data.DatasetInfo:
+  """A dataset description for building a space without loading data."""
+  channels = image_shape[-1]
+  return data.DatasetInfo(name="test", image_shape=tuple(image_shape),
+                          num_classes=num_classes, mean=(0.5,) * channels,
+                          std=(0.25,) * channels)
 
 
 def tiny_search_config(tmp_cache: str = "", **overrides) -> ml_collections.ConfigDict:

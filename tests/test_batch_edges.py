@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdarts import batched_ops, config_lib, genotypes, ops, spaces
+from jdarts import config_lib, genotypes, ops, spaces
 from jdarts.spaces import darts_cnn
+from jdarts.spaces.darts_cnn import batched_edges, primitives
+import helpers
 
 PRIMITIVES = genotypes.PRIMITIVES
 
@@ -20,15 +22,16 @@ PRIMITIVES = genotypes.PRIMITIVES
 def _tiny(**overrides):
   """normal, reduce, reduce: covers strided edges and FactorizedReduce inputs."""
   m = dict(init_channels=4, layers=3, steps=2, multiplier=2, stem_multiplier=1,
-           num_classes=5, primitives=PRIMITIVES)
+           primitives=PRIMITIVES)
   m.update(overrides)
   return m
 
 
 def _both(model):
   """(per-edge space, batched space, per-edge params, the same params batched)."""
-  edge = spaces.get_space("darts_cnn", dict(model, batch_edges=False))
-  batched = spaces.get_space("darts_cnn", dict(model, batch_edges=True))
+  info = helpers.image_info((8, 8, 3), 5)
+  edge = spaces.get_space("darts_cnn", dict(model, batch_edges=False), info)
+  batched = spaces.get_space("darts_cnn", dict(model, batch_edges=True), info)
   assert isinstance(batched.network, darts_cnn.Network) and batched.network.batch_edges
   dtype = jnp.dtype(model.get("dtype", "float32"))
   rng = np.random.RandomState(0)
@@ -52,7 +55,8 @@ def _assert_same_function(model, tol):
 
   def run(space, p):  # one compiled function: eager op-by-op would be far slower
     return jax.jit(lambda p, a: (space.apply(p, a, batch), jax.grad(
-        lambda p, a: space.loss(p, a, batch)[0], argnums=(0, 1))(p, a)))(p, alphas)
+        lambda p, a: space.loss(p, a, batch, jax.random.PRNGKey(0), None)[0],
+        argnums=(0, 1))(p, a)))(p, alphas)
   logits_edge, (g_edge_params, g_edge_alphas) = run(edge, params)
   logits, (g_params, g_alphas) = run(batched, bparams)
   np.testing.assert_allclose(logits, logits_edge, rtol=tol, atol=tol)
@@ -102,9 +106,30 @@ def test_batched_four_node_cell_exact_in_float64(x64):
 
 def test_operations_without_a_batched_form_run_per_edge():
   """An operation missing from BATCHED_CANDIDATES (conv_7x1_1x7) goes through nn.vmap."""
-  assert batched_ops.batched_candidate("conv_7x1_1x7") is None
+  assert batched_edges.batched_candidate("conv_7x1_1x7") is None
   _assert_same_function(_tiny(layers=1, primitives=("none", "conv_7x1_1x7", "avg_pool_3x3")),
                         tol=1e-5)
+
+
+def test_user_op_with_search_bn_runs_per_edge_with_its_bn(monkeypatch):
+  """A user-registered pooling (no batched form) gets the search BN per edge as
+  MixedOp gives it, and a built-in re-registered with other metadata loses
+  its batched form."""
+  monkeypatch.setattr(primitives.OPS, "_entries", dict(primitives.OPS._entries))
+  monkeypatch.setattr(primitives.OPS, "_info", dict(primitives.OPS._info))
+  primitives.OPS.register("avg_pool_5x5", lambda C, stride, affine, opts:
+                          ops.Pool("avg", stride, window=5),
+                          parameter_free=True, search_bn=True)
+  assert batched_edges.batched_candidate("avg_pool_5x5") is None
+  edge, batched, params, bparams, batch = _both(_tiny(layers=1,
+                                                      primitives=("none", "avg_pool_5x5")))
+  alphas = _random_alphas(edge, jnp.float32)
+  want = edge.apply(params, alphas, batch)
+  np.testing.assert_allclose(batched.apply(bparams, alphas, batch), want, rtol=1e-5, atol=1e-5)
+  assert batched_edges.batched_candidate("max_pool_3x3") == "max"
+  primitives.OPS.register("max_pool_3x3", primitives.OPS.get("max_pool_3x3"),
+                          overwrite=True, parameter_free=True, search_bn=False)
+  assert batched_edges.batched_candidate("max_pool_3x3") is None
 
 
 def test_only_parameter_free_candidates():
@@ -118,9 +143,10 @@ def test_only_parameter_free_candidates():
 
 def test_paper_supernet_same_parameter_count_and_mapped_layout():
   """1,930,618 weights either way; the mapping yields exactly the batched init's tree."""
-  model = dict(init_channels=16, layers=8, num_classes=10)
-  edge = spaces.get_space("darts_cnn", model)
-  batched = spaces.get_space("darts_cnn", dict(model, batch_edges=True))
+  model = dict(init_channels=16, layers=8)
+  info = helpers.image_info((32, 32, 3), 10)
+  edge = spaces.get_space("darts_cnn", model, info)
+  batched = spaces.get_space("darts_cnn", dict(model, batch_edges=True), info)
   batch = {"image": jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)}
   p_edge = jax.eval_shape(lambda b: edge.init(jax.random.PRNGKey(0), b), batch)
   p_batched = jax.eval_shape(lambda b: batched.init(jax.random.PRNGKey(0), b), batch)
@@ -157,4 +183,4 @@ def test_mapping_round_trip_and_errors():
 def test_config_key_defaults_off():
   cfg = config_lib.search_defaults()
   assert cfg.model.batch_edges is False
-  assert not spaces.get_space("darts_cnn", cfg.model).network.batch_edges
+  assert not spaces.get_space("darts_cnn", cfg.model, helpers.image_info()).network.batch_edges

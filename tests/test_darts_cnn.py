@@ -2,8 +2,10 @@
 
 References: the published size of the paper's supernet (quark0/darts prints
 "param size = 1.930618MB"), closed-form mixing weights and cell shapes, each
-candidate operation applied on its own and summed by hand, and a published
-genotype (DARTS_V2) recovered from alphas built to select it.
+candidate operation applied on its own and summed by hand, a published
+genotype (DARTS_V2) recovered from alphas built to select it, the reference's
+operation metadata (which ops have weights, which get a search BatchNorm)
+written out by hand, and the config checks' one-line messages.
 """
 import flax.linen as nn
 import jax
@@ -11,11 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdarts import genotypes, mixing, ops, spaces
+from jdarts import config_lib, genotypes, mixing, ops, spaces
 from jdarts.spaces import darts_cnn
+from jdarts.spaces.darts_cnn import primitives
 import helpers
 
 PRIMITIVES = genotypes.PRIMITIVES
+# quark0/darts cnn/model_search.py MixedOp: `if 'pool' in primitive: op =
+# nn.Sequential(op, nn.BatchNorm2d(C, affine=False))`; the weight-free ops are
+# those of cnn/operations.py without a conv (skip_connect counted as in the
+# collapse literature, though its stride-2 form has weights).
+SEARCH_BN = {"max_pool_3x3", "avg_pool_3x3"}
+PARAMETER_FREE = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
 
 
 def np_softmax(a):
@@ -70,7 +79,7 @@ def test_mixed_op_is_weighted_sum_of_separate_ops(stride):
   for k, name in enumerate(PRIMITIVES):
     if name == "none":
       continue
-    op = ops.make_op(name, C, stride, False, opts)
+    op = primitives.make_op(name, C, stride, False, opts)
     # Flax names unnamed submodules <Class>_<n> in order of creation.
     cls = type(op).__name__
     sub = f"{cls}_{seen.get(cls, 0)}"
@@ -78,7 +87,7 @@ def test_mixed_op_is_weighted_sum_of_separate_ops(stride):
     variables = {"params": params[sub]} if sub in params else {}
     used.add(sub)
     y = np.asarray(op.apply(variables, x), np.float64)
-    if "pool" in name:
+    if name in SEARCH_BN:
       y = np_batchnorm(y)
     want += w[k] * y
   assert set(params) <= used  # no parameters of the mixed op were left out
@@ -101,8 +110,8 @@ def test_mixed_op_none_is_exact_zero():
 # ---------------------------------------------------------------------------
 
 def _paper_space(**overrides):
-  return spaces.get_space("darts_cnn", dict(init_channels=16, layers=8, num_classes=10,
-                                            **overrides))
+  return spaces.get_space("darts_cnn", dict(init_channels=16, layers=8, **overrides),
+                          helpers.image_info((32, 32, 3), 10))
 
 
 def test_paper_supernet_parameter_count_and_alphas():
@@ -140,10 +149,12 @@ def test_alpha_shape_errors_are_clear():
 
 def test_unknown_primitive_names_close_match():
   """A misspelt primitive fails at construction and suggests the right name."""
-  with pytest.raises(KeyError, match=r"Unknown operation 'sep_conv_3x4'.*'sep_conv_3x3'"):
-    spaces.get_space("darts_cnn", dict(primitives=("none", "sep_conv_3x4")))
-  with pytest.raises(KeyError, match="'sigmoid'"):
-    spaces.get_space("darts_cnn", dict(mixing="sigmod"))
+  info = helpers.image_info()
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"unknown operation 'sep_conv_3x4'.*'sep_conv_3x3'"):
+    spaces.get_space("darts_cnn", dict(primitives=("none", "sep_conv_3x4")), info)
+  with pytest.raises(config_lib.ConfigError, match="'sigmoid'"):
+    spaces.get_space("darts_cnn", dict(mixing="sigmod"), info)
 
 
 # ---------------------------------------------------------------------------
@@ -159,7 +170,8 @@ def test_tiny_supernet_cells_and_edge_weights(mix):
   """
   space = spaces.get_space("darts_cnn", dict(
       helpers.tiny_model(), layers=5, steps=3, multiplier=2, stem_multiplier=3,
-      num_classes=3, mixing=mix, primitives=("none", "avg_pool_3x3", "skip_connect")))
+      mixing=mix, primitives=("none", "avg_pool_3x3", "skip_connect")),
+      helpers.image_info((8, 8, 1), 3))
   rng = np.random.RandomState(0)
   batch = {"image": jnp.asarray(rng.randn(2, 8, 8, 1), jnp.float32)}
   params = space.init(jax.random.PRNGKey(0), batch)
@@ -229,7 +241,7 @@ def test_derive_recovers_darts_v2_through_the_space():
 
   # A space with its own primitives and cell size derives with those.
   prims = helpers.TINY_PRIMITIVES  # none, max_pool_3x3, skip_connect, sep_conv_3x3
-  tiny = spaces.get_space("darts_cnn", helpers.tiny_model())
+  tiny = spaces.get_space("darts_cnn", helpers.tiny_model(), helpers.image_info())
   a = np.zeros((2, 4))
   a[1, prims.index("sep_conv_3x3")] = 3.0
   a[0, prims.index("max_pool_3x3")] = 1.0
@@ -238,3 +250,160 @@ def test_derive_recovers_darts_v2_through_the_space():
   assert list(got.normal) == [("sep_conv_3x3", 1), ("max_pool_3x3", 0)]
   assert list(got.reduce) == [("sep_conv_3x3", 0), ("max_pool_3x3", 1)]
   assert list(got.normal_concat) == [2] and list(got.reduce_concat) == [2]
+
+
+# ---------------------------------------------------------------------------
+# The protocol: example batch, loss with rng and carry
+# ---------------------------------------------------------------------------
+
+def test_protocol_batch_loss_and_carry():
+  """Cross-entropy and accuracy by numpy from the logits, over the unmasked rows.
+
+  `rng` changes nothing (no dropout in the DARTS search) and the carry comes
+  back as it went in.
+  """
+  space = spaces.get_space("darts_cnn", helpers.tiny_model(),
+                           helpers.image_info((8, 8, 3), 5))
+  assert isinstance(space, spaces.SearchSpace)
+  assert space.name == "darts_cnn" and space.metric_names == ("accuracy",)
+  assert space.init_carry(4) is None
+  example = space.example_batch(4)
+  assert example["image"].shape == (4, 8, 8, 3) and example["image"].dtype == jnp.float32
+  assert example["label"].shape == (4,) and example["label"].dtype == jnp.int32
+  assert not np.any(example["image"]) and not np.any(example["label"])
+
+  rng = np.random.RandomState(0)
+  batch = {"image": jnp.asarray(rng.randn(4, 8, 8, 3), jnp.float32),
+           "label": jnp.asarray([0, 1, 4, 2], jnp.int32),
+           "mask": jnp.asarray([1.0, 1.0, 0.0, 1.0])}
+  params = space.init(jax.random.PRNGKey(0), example)
+  alphas = {k: jnp.asarray(rng.randn(*space.alpha_shape), jnp.float32)
+            for k in ("normal", "reduce")}
+  # One compiled function: op-by-op the supernet would compile every op apart.
+  run = jax.jit(lambda rng, carry: (space.loss(params, alphas, batch, rng, carry),
+                                    space.apply(params, alphas, batch)))
+  carry = {"h": jnp.arange(3.0)}
+  (loss, aux, carry_out), logits = run(jax.random.PRNGKey(1), carry)
+  (loss2, _, _), _ = run(jax.random.PRNGKey(2), carry)
+  np.testing.assert_array_equal(carry_out["h"], carry["h"])
+  assert float(loss) == float(loss2)
+
+  logits = np.asarray(logits, np.float64)
+  z = logits - logits.max(-1, keepdims=True)
+  nll = -(z - np.log(np.exp(z).sum(-1, keepdims=True)))[np.arange(4), [0, 1, 4, 2]]
+  keep = np.array([0, 1, 3])
+  correct = logits.argmax(-1) == np.array([0, 1, 4, 2])
+  np.testing.assert_allclose(float(loss), nll[keep].mean(), rtol=1e-5)
+  assert set(aux) == {"loss", "accuracy", "count"}
+  np.testing.assert_allclose(float(aux["loss"]), nll[keep].mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(aux["accuracy"]), correct[keep].mean(), rtol=1e-6)
+  assert float(aux["count"]) == 3.0
+
+
+# ---------------------------------------------------------------------------
+# Config validation: one line naming the key, what it got, what works
+# ---------------------------------------------------------------------------
+
+BAD_MODEL_VALUES = [
+    ("init_channels", 0, r"model\.init_channels=0; .*integer >= 1"),
+    ("init_channels", 2.5, r"model\.init_channels=2\.5; .*integer >= 1"),
+    ("init_channels", True, r"model\.init_channels=True; .*integer >= 1"),
+    ("layers", 0, r"model\.layers=0; .*integer >= 1"),
+    ("steps", 0, r"model\.steps=0; .*integer >= 1"),
+    ("multiplier", 0, r"model\.multiplier=0; .*integer in 1\.\.steps=4"),
+    ("multiplier", 5, r"model\.multiplier=5; .*integer in 1\.\.steps=4"),
+    ("stem_multiplier", 0, r"model\.stem_multiplier=0; .*integer >= 1"),
+    ("mixing", "softmx",
+     r"model\.mixing='softmx' is unknown \(did you mean 'softmax'\?\); .*softmax, sigmoid, max_w"),
+    ("dtype", "float16", r"model\.dtype='float16'; .*float32, bfloat16, float64"),
+    ("depthwise", "fast", r"model\.depthwise='fast'; .*auto, xla, shift, dense"),
+    ("alpha_init_scale", -1e-3, r"model\.alpha_init_scale=-0\.001; .*finite number >= 0"),
+    ("alpha_init_scale", float("nan"), r"model\.alpha_init_scale=nan; .*finite"),
+    ("alpha_init_scale", float("inf"), r"model\.alpha_init_scale=inf; .*finite"),
+    ("alpha_init_scale", "0.1", r"model\.alpha_init_scale='0\.1'; .*finite number"),
+    ("primitives", (), r"model\.primitives=\(\); .*non-empty list"),
+    ("primitives", "sep_conv_3x3", r"model\.primitives='sep_conv_3x3'; .*non-empty list"),
+    ("primitives", ("none", "sep_conv_3x4"),
+     r"model\.primitives has unknown operation 'sep_conv_3x4' \(did you mean "
+     r"'sep_conv_3x3'\?\); known: .*dil_conv_3x3"),
+    ("primitives", ("none", "skip_connect", "none"),
+     r"model\.primitives=\('none', 'skip_connect', 'none'\) repeats none; .*once"),
+    ("primitives", ("none",), r"model\.primitives=\('none',\) has no operation besides"),
+]
+
+
+@pytest.mark.parametrize("key,value,match", BAD_MODEL_VALUES,
+                         ids=[f"{k}={v!r}" for k, v, _ in BAD_MODEL_VALUES])
+def test_validate_config_rejects_each_bad_value(key, value, match):
+  model = dict(helpers.tiny_model(steps=4, multiplier=4), **{key: value})
+  with pytest.raises(config_lib.ConfigError, match=match) as err:
+    darts_cnn.DartsCNNSpace.validate_config(model)
+  assert len(str(err.value).splitlines()) == 1
+  # get_space runs the same checks before building anything.
+  with pytest.raises(config_lib.ConfigError, match=match):
+    spaces.get_space("darts_cnn", model, helpers.image_info())
+
+
+def test_validate_config_accepts_the_shipped_settings():
+  darts_cnn.DartsCNNSpace.validate_config({})  # every default
+  darts_cnn.DartsCNNSpace.validate_config(config_lib.search_defaults().model.to_dict())
+  darts_cnn.DartsCNNSpace.validate_config(
+      helpers.tiny_model(dtype="bfloat16", mixing="max_w", alpha_init_scale=1e-3))
+
+
+# ---------------------------------------------------------------------------
+# Operation metadata and user-registered operations
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", primitives.PRIMITIVES + primitives.EXTRA_OPS)
+def test_op_metadata_of_every_darts_operation(name):
+  """The hand lists above; parameter_free also against the op's weights at stride 1."""
+  info = primitives.op_info(name)
+  assert info.parameter_free == (name in PARAMETER_FREE)
+  assert info.search_bn == (name in SEARCH_BN)
+  x = jax.ShapeDtypeStruct((1, 8, 8, 4), jnp.float32)
+  op = primitives.make_op(name, 4, 1, False)
+  n = ops.count_params(jax.eval_shape(op.init, jax.random.PRNGKey(0), x))
+  assert (n == 0) == info.parameter_free
+
+
+@pytest.fixture
+def scratch_ops(monkeypatch):
+  """Registrations made by a test stay in that test."""
+  monkeypatch.setattr(primitives.OPS, "_entries", dict(primitives.OPS._entries))
+  monkeypatch.setattr(primitives.OPS, "_info", dict(primitives.OPS._info))
+
+
+def np_max_pool(x, window, stride):
+  """Max pooling with -inf padding of window // 2, by loops."""
+  N, H, W, C = x.shape
+  p = window // 2
+  Ho, Wo = (H + 2 * p - window) // stride + 1, (W + 2 * p - window) // stride + 1
+  out = np.zeros((N, Ho, Wo, C))
+  for i in range(Ho):
+    for j in range(Wo):
+      r = range(max(0, i * stride - p), min(H, i * stride - p + window))
+      c = range(max(0, j * stride - p), min(W, j * stride - p + window))
+      out[:, i, j] = x[:, list(r)][:, :, list(c)].max(axis=(1, 2))
+  return out
+
+
+@pytest.mark.parametrize("search_bn", [True, False])
+def test_user_registered_op_metadata_used_by_mixed_op(scratch_ops, search_bn):
+  """A user's 5x5 max pool, registered with the decorator: MixedOp adds the
+  search BN exactly when the op was registered with search_bn=True."""
+  @primitives.OPS.register("max_pool_5x5", parameter_free=True, search_bn=search_bn)
+  def _max_pool_5x5(C, stride, affine, opts):
+    return ops.Pool("max", stride, window=5)
+
+  assert primitives.op_info("max_pool_5x5") == primitives.OpInfo(True, search_bn)
+  rng = np.random.RandomState(3)
+  x = rng.randn(2, 6, 6, 3) * 2.0 + 1.0
+  w = np.array([0.2, 0.5, 0.3])
+  mixed = darts_cnn.MixedOp(3, 1, ("none", "max_pool_5x5", "skip_connect"), ops.OpOptions())
+  got = mixed.apply({}, jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+  pooled = np_max_pool(x, 5, 1)
+  want = w[1] * (np_batchnorm(pooled) if search_bn else pooled) + w[2] * x
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="already registered"):
+    primitives.OPS.register("max_pool_5x5", _max_pool_5x5)

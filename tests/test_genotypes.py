@@ -1,4 +1,8 @@
-"""Tests for jdarts.genotypes: derivation (paper sec. 2.4), published cells, JSON."""
+"""Tests for jdarts.genotypes: published cells, validation, JSON, random genotypes.
+
+Derivation from alphas is the DARTS CNN space's (tests/test_derive.py); the
+recurrent cells live in jdarts.spaces.darts_rnn.genotypes.
+"""
 import json
 import math
 import os
@@ -10,191 +14,11 @@ import pytest
 
 from jdarts import genotypes
 from jdarts.genotypes import (DARTS, DARTS_V1, DARTS_V2, GENOTYPES, PRIMITIVES,
-                              AmoebaNet, Genotype, NASNet, derive, format_genotype,
+                              AmoebaNet, Genotype, NASNet, format_genotype,
                               genotype_from_json, genotype_to_json, load_genotype,
                               register_genotype, save_genotype)
-
-P = {name: k for k, name in enumerate(PRIMITIVES)}
-
-
-def edge(steps_before, src):
-  """Row of the alphas for the edge src -> node (steps_before + 2)."""
-  return sum(2 + i for i in range(steps_before)) + src
-
-
-# ---------------------------------------------------------------------------
-# An independent, deliberately slow derivation: python loops, math.exp,
-# the semantics of quark0/darts cnn/model_search.py `_parse`.
-# ---------------------------------------------------------------------------
-
-def slow_derive(alphas_normal, alphas_reduce, primitives, steps, multiplier):
-  none = primitives.index('none')
-
-  def strengths(row):
-    m = max(row)
-    exps = [math.exp(v - m) for v in row]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-  def parse(w):
-    gene, start = [], 0
-    for i in range(steps):
-      n = i + 2
-      rows = [strengths([float(v) for v in w[start + j]]) for j in range(n)]
-      score = [max(r[o] for o in range(len(primitives)) if o != none) for r in rows]
-      # python's sort is stable: equal scores keep the lower predecessor first.
-      kept = sorted(range(n), key=lambda j: -score[j])[:2]
-      for j in kept:
-        best = None
-        for o in range(len(primitives)):
-          if o != none and (best is None or rows[j][o] > rows[j][best]):
-            best = o
-        gene.append((primitives[best], j))
-      start += n
-    return gene
-
-  concat = list(range(2 + steps - multiplier, steps + 2))
-  return Genotype(parse(alphas_normal), concat, parse(alphas_reduce), concat)
-
-
-# ---------------------------------------------------------------------------
-# derive
-# ---------------------------------------------------------------------------
-
-def test_derive_hand_made_alphas():
-  a = np.full((14, 8), -5.0)
-  # node 2: the edge from node 1 is stronger, so it is listed first.
-  a[edge(0, 1), P['sep_conv_3x3']] = 5.0
-  a[edge(0, 0), P['skip_connect']] = 3.0
-  # node 3: 'none' dominates the edge from node 0, which therefore loses.
-  a[edge(1, 0), P['none']] = 10.0
-  a[edge(1, 1), P['dil_conv_3x3']] = 4.0
-  a[edge(1, 2), P['avg_pool_3x3']] = 6.0
-  # node 4: from node 3 strongest, then node 0; node 1 uniform, node 2 'none'.
-  a[edge(2, 0), P['sep_conv_5x5']] = 2.0
-  a[edge(2, 2), P['none']] = 8.0
-  a[edge(2, 3), P['max_pool_3x3']] = 7.0
-  # node 5: only the edges from nodes 3 and 4 carry a non-'none' operation.
-  for src in range(3):
-    a[edge(3, src), P['none']] = 9.0
-  a[edge(3, 3), P['dil_conv_5x5']] = 5.0
-  a[edge(3, 4), P['skip_connect']] = 4.0
-
-  g = derive(a, np.zeros((14, 8)))
-  assert g.normal == [
-    ('sep_conv_3x3', 1), ('skip_connect', 0),
-    ('avg_pool_3x3', 2), ('dil_conv_3x3', 1),
-    ('max_pool_3x3', 3), ('sep_conv_5x5', 0),
-    ('dil_conv_5x5', 3), ('skip_connect', 4),
-  ]
-  # All-equal alphas: every tie goes to the lower predecessor and to the first
-  # non-'none' primitive, as with the reference's stable sort and strict '>'.
-  assert g.reduce == [('max_pool_3x3', 0), ('max_pool_3x3', 1)] * 4
-  assert g.normal_concat == [2, 3, 4, 5] and g.reduce_concat == [2, 3, 4, 5]
-
-
-def test_derive_ties_break_like_the_reference():
-  a = np.zeros((14, 8))
-  # node 3: the edge from node 0 is weaker; nodes 1 and 2 tie exactly.
-  a[edge(1, 0), P['none']] = 5.0
-  # node 2: two operations tie on the edge from node 1; the earlier one wins.
-  a[edge(0, 1), [P['dil_conv_3x3'], P['sep_conv_3x3']]] = 1.0
-  a[edge(0, 0), P['skip_connect']] = 0.5
-  g = derive(a, a)
-  assert g.normal[:4] == [('sep_conv_3x3', 1), ('skip_connect', 0),
-                          ('max_pool_3x3', 1), ('max_pool_3x3', 2)]
-
-
-def test_derive_concat_and_other_cell_sizes():
-  g = derive(np.zeros((14, 8)), np.zeros((14, 8)), multiplier=3)
-  assert g.normal_concat == [3, 4, 5] and g.reduce_concat == [3, 4, 5]
-  g = derive(np.zeros((5, 8)), np.zeros((5, 8)), steps=2, multiplier=2)
-  assert len(g.normal) == 4 and g.normal_concat == [2, 3]
-  g = derive(np.zeros((14, 8)), np.zeros((14, 8)), k=1)
-  assert g.normal == [('max_pool_3x3', 0)] * 4
-
-
-@pytest.mark.parametrize('seed,scale', [(0, 1e-3), (1, 1e-3), (2, 0.3), (3, 1.0),
-                                        (4, 3.0), (5, 10.0)])
-def test_derive_matches_slow_implementation(seed, scale):
-  rng = np.random.default_rng(seed)
-  an = scale * rng.standard_normal((14, 8))
-  ar = scale * rng.standard_normal((14, 8))
-  assert derive(an, ar) == slow_derive(an, ar, list(PRIMITIVES), 4, 4)
-  # A different primitive set and cell size, with 'none' not in first place.
-  prims = ['skip_connect', 'none', 'sep_conv_3x3', 'max_pool_3x3']
-  an = scale * rng.standard_normal((9, 4))
-  ar = scale * rng.standard_normal((9, 4))
-  assert (derive(an, ar, prims, steps=3, multiplier=2) ==
-          slow_derive(an, ar, prims, 3, 2))
-
-
-def test_none_is_never_selected_even_when_dominant():
-  rng = np.random.default_rng(0)
-  a = rng.standard_normal((14, 8))
-  a[:, P['none']] = 20.0
-  g = derive(a, a)
-  assert all(op != 'none' for op, _ in g.normal + g.reduce)
-
-  # Ranking ignores the strength of 'none': the uniform edge from node 1 (0.125)
-  # beats edges whose non-'none' ops are crushed by a dominant 'none'.
-  b = np.zeros((14, 8))
-  b[edge(1, 0), P['none']] = 20.0
-  b[edge(1, 0), P['sep_conv_3x3']] = 3.0
-  b[edge(1, 2), P['none']] = 20.0
-  b[edge(1, 2), P['skip_connect']] = 1.0
-  g = derive(b, b)
-  assert g.normal[2:4] == [('max_pool_3x3', 1), ('sep_conv_3x3', 0)]
-
-
-def test_softmax_strength_not_raw_alpha_ranks_edges():
-  a = np.zeros((14, 8))
-  # node 3, edge from 0: largest raw alpha (6) but its neighbours are large too,
-  # so its strength is e / (e + 7) ~ 0.28.
-  a[edge(1, 0), :] = 5.0
-  a[edge(1, 0), P['sep_conv_3x3']] = 6.0
-  # edge from 1: moderate alpha 2 with very negative others -> strength ~ 1.
-  a[edge(1, 1), :] = -10.0
-  a[edge(1, 1), P['sep_conv_5x5']] = 2.0
-  # edge from 2: alpha 3 over zeros -> strength e^3 / (e^3 + 7) ~ 0.74.
-  a[edge(1, 2), P['dil_conv_3x3']] = 3.0
-
-  rows = a[edge(1, 0):edge(1, 0) + 3, 1:]
-  raw_order = list(np.argsort(-rows.max(axis=1), kind='stable')[:2])
-  assert raw_order == [0, 2]  # what ranking by raw alphas would keep
-  g = derive(a, np.zeros((14, 8)))
-  assert g.normal[2:4] == [('sep_conv_5x5', 1), ('dil_conv_3x3', 2)]
-
-
-def test_derive_accepts_jax_arrays():
-  import jax.numpy as jnp
-  rng = np.random.default_rng(7)
-  an, ar = rng.standard_normal((2, 14, 8)).astype(np.float32)
-  expected = derive(an, ar)
-  assert derive(jnp.asarray(an), jnp.asarray(ar)) == expected
-  # Python ints, so the result serialises without numpy-aware encoders.
-  json.dumps(genotype_to_json(expected))
-  g = derive(jnp.asarray(an, jnp.bfloat16), jnp.asarray(ar, jnp.bfloat16))
-  assert len(g.normal) == 8
-
-
-def test_derive_validates_inputs():
-  good = np.zeros((14, 8))
-  with pytest.raises(ValueError, match=r"alphas_normal has shape \(13, 8\); the DARTS CNN "
-                     r"cell with 4 steps needs \(14, 8\)"):
-    derive(np.zeros((13, 8)), good)
-  with pytest.raises(ValueError, match=r"alphas_reduce has shape \(14, 7\)"):
-    derive(good, np.zeros((14, 7)))
-  with pytest.raises(ValueError, match=r"needs \(5, 8\)"):
-    derive(good, good, steps=2, multiplier=2)
-  bad = good.copy()
-  bad[3, 2] = np.nan
-  with pytest.raises(ValueError, match='non-finite'):
-    derive(bad, good)
-  with pytest.raises(ValueError, match='multiplier'):
-    derive(good, good, multiplier=5)
-  with pytest.raises(ValueError, match='k must be'):
-    derive(good, good, k=3)
+from jdarts.spaces.darts_cnn.derive import derive
+from jdarts.spaces.darts_rnn import genotypes as rnn_genotypes
 
 
 # ---------------------------------------------------------------------------
@@ -232,7 +56,7 @@ def test_published_genotypes_match_reference():
   # quark0/darts rnn/genotypes.py: DARTS_V2 = Genotype(recurrent=[('sigmoid', 0),
   #   ('relu', 1), ('relu', 1), ('identity', 1), ('tanh', 2), ('sigmoid', 5),
   #   ('tanh', 3), ('relu', 5)], concat=range(1, 9))
-  rnn = genotypes.RNN_GENOTYPES
+  rnn = rnn_genotypes.RNN_GENOTYPES
   assert rnn['DARTS_V2'].recurrent[:2] == [('sigmoid', 0), ('relu', 1)]
   assert rnn['DARTS_V2'].concat == list(range(1, 9))
   assert rnn['DARTS_V1'].recurrent[5] == ('identity', 1)
@@ -365,7 +189,7 @@ def test_format_genotype():
   assert lines[0].startswith('normal: 2<-sep_conv_3x3(0),sep_conv_3x3(1) ')
   assert lines[0].endswith('5<-skip_connect(0),dil_conv_3x3(2) concat=[2, 3, 4, 5]')
   assert lines[1].startswith('reduce: 2<-max_pool_3x3(0),max_pool_3x3(1) ')
-  rnn = format_genotype(genotypes.RNN_DARTS_V2)
+  rnn = rnn_genotypes.format_genotype(rnn_genotypes.RNN_DARTS_V2)
   assert rnn.startswith('recurrent: 1<-sigmoid(0) 2<-relu(1)') and '\n' not in rnn
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from jdarts import genotypes, models, optim, schedules, train
-from jdarts.models import cells
+from jdarts.spaces.darts_cnn import cells
 
 # (params without auxiliary head, params with it); CIFAR: C=36, 20 cells,
 # 10 classes; ImageNet: C=48, 14 cells, 1000 classes.

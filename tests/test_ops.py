@@ -1,4 +1,4 @@
-"""Candidate operations (jdarts.ops) against independent references.
+"""Candidate operations (jdarts.ops, built through the DARTS space's registry) against references.
 
 References: closed-form output sizes and parameter counts of the reference
 PyTorch operations (quark0/darts `cnn/operations.py`: convolutions without
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jdarts import genotypes, ops
+from jdarts.spaces.darts_cnn import primitives
 
 EPS = 1e-5  # PyTorch's BatchNorm2d default, which OpOptions.bn_epsilon mirrors.
 
@@ -92,13 +93,13 @@ def np_batchnorm(x, eps=EPS):
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("name", ops.OPS.names())
+@pytest.mark.parametrize("name", primitives.OPS.names())
 def test_every_registered_op_output_shape(name, stride, affine):
   """Closed form: (N, ceil(H / s), ceil(W / s), C), even and odd, non-square sizes."""
   C = 4
   for H, W in ((8, 6), (7, 5)):
     x = jax.ShapeDtypeStruct((2, H, W, C), jnp.float32)
-    op = ops.make_op(name, C, stride, affine)
+    op = primitives.make_op(name, C, stride, affine)
     variables = jax.eval_shape(op.init, jax.random.PRNGKey(0), x)
     y = jax.eval_shape(op.apply, variables, x)
     assert y.shape == (2, _ceil_div(H, stride), _ceil_div(W, stride), C), (name, H, W)
@@ -111,9 +112,9 @@ def test_every_registered_op_output_shape(name, stride, affine):
 def test_bad_stride_and_unknown_op_are_clear_errors():
   """Only strides 1 and 2 exist in DARTS cells; a typo names the close match."""
   with pytest.raises(ValueError, match="stride must be 1 or 2"):
-    ops.make_op("sep_conv_3x3", 4, 3, False)
+    primitives.make_op("sep_conv_3x3", 4, 3, False)
   with pytest.raises(KeyError, match="dil_conv_3x3"):
-    ops.make_op("dil_conv3x3", 4, 1, False)
+    primitives.make_op("dil_conv3x3", 4, 1, False)
 
 
 def _closed_form_count(name, C, stride, affine):
@@ -139,7 +140,7 @@ def _closed_form_count(name, C, stride, affine):
 def test_op_parameter_counts(name, stride, affine):
   """Hand-computed counts (no conv biases, BN 2C when affine), C = 16 as in the paper."""
   C = 16
-  op = ops.make_op(name, C, stride, affine)
+  op = primitives.make_op(name, C, stride, affine)
   variables = jax.eval_shape(op.init, jax.random.PRNGKey(0),
                              jax.ShapeDtypeStruct((1, 8, 8, C), jnp.float32))
   assert ops.count_params(variables) == _closed_form_count(name, C, stride, affine)
@@ -169,9 +170,9 @@ def test_building_block_parameter_counts_with_different_widths(affine):
 def test_none_and_identity():
   """'none' is exact zeros at the output size; 'skip_connect' at stride 1 is x."""
   x = jnp.asarray(np.random.RandomState(0).randn(2, 7, 6, 3), jnp.float32)
-  np.testing.assert_array_equal(ops.make_op("none", 3, 2, False).apply({}, x),
+  np.testing.assert_array_equal(primitives.make_op("none", 3, 2, False).apply({}, x),
                                 np.zeros((2, 4, 3, 3)))
-  np.testing.assert_array_equal(ops.make_op("skip_connect", 3, 1, False).apply({}, x), x)
+  np.testing.assert_array_equal(primitives.make_op("skip_connect", 3, 1, False).apply({}, x), x)
 
 
 # ---------------------------------------------------------------------------
@@ -187,7 +188,8 @@ def test_pooling_against_numpy(stride):
   # A large offset: counting the padding would shrink border averages visibly.
   x_avg = 5.0 + rng.randn(2, 7, 6, 3)
   for kind, x in (("max", x_max), ("avg", x_avg)):
-    y = ops.make_op(f"{kind}_pool_3x3", 3, stride, False).apply({}, jnp.asarray(x, jnp.float32))
+    op = primitives.make_op(f"{kind}_pool_3x3", 3, stride, False)
+    y = op.apply({}, jnp.asarray(x, jnp.float32))
     np.testing.assert_allclose(np.asarray(y), np_pool(x, kind, stride), rtol=1e-6, atol=1e-6,
                                err_msg=kind)
 

@@ -91,9 +91,8 @@ def test_cli_genotype_file_override(tmp_path, capsys):
 def test_search_config_counts_weights_not_alphas():
   cfg = helpers.tiny_search_config()
   s = summary.summarize(cfg)
-  space_cfg = dict(cfg.model.to_dict(), num_classes=10)
   from jdarts import spaces, ops
-  space = spaces.get_space("darts_cnn", space_cfg)
+  space = spaces.get_space("darts_cnn", cfg.model.to_dict(), helpers.image_info((8, 8, 1), 10))
   params = jax.eval_shape(space.init, jax.random.PRNGKey(0),
                           {"image": jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32)})
   assert s["params"] == s["params_total"] == ops.count_params(params)
@@ -103,7 +102,7 @@ def test_search_config_counts_weights_not_alphas():
 def test_paper_supernet_weights():
   from jdarts import config_lib, spaces, ops
   cfg = config_lib.search_defaults()
-  space = spaces.get_space("darts_cnn", dict(cfg.model.to_dict(), num_classes=10))
+  space = spaces.get_space("darts_cnn", cfg.model.to_dict(), helpers.image_info((32, 32, 3), 10))
   params = jax.eval_shape(space.init, jax.random.PRNGKey(0),
                           {"image": jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)})
   assert ops.count_params(params) == REFERENCE_SUPERNET_PARAMS

@@ -1,9 +1,11 @@
 """Discrete networks built from a genotype, for architecture evaluation (paper sec. 3.2).
 
-Networks are Flax linen modules chosen by name from `MODELS`:
+The entry point of `jdarts train`: networks chosen by name from `MODELS`
+(registry and shared helpers in `jdarts.models.base`; the networks live with
+their search space):
 
-* 'cifar':    `jdarts.models.cifar.NetworkCIFAR` (paper A.2.1);
-* 'imagenet': `jdarts.models.imagenet.NetworkImageNet` (paper A.2.3, mobile).
+* 'cifar':    `jdarts.spaces.darts_cnn.evaluation.NetworkCIFAR` (paper A.2.1);
+* 'imagenet': `jdarts.spaces.darts_cnn.evaluation.NetworkImageNet` (A.2.3, mobile).
 
 `build_model(model_cfg, num_classes)` makes one from a config's `model`
 block; `init_variables` gives its `{'params', 'batch_stats'}`;
@@ -14,122 +16,38 @@ does (everything except the auxiliary head) and in total.
     net = models.build_model(dict(name='cifar', genotype='DARTS_V2'), 10)
     variables = models.init_variables(net, jax.random.PRNGKey(0), (32, 32, 3))
     models.count_params(variables['params'])   # {'params': 3349342, ...}
+
+The built-in networks register themselves when `build_model` or `MODELS` is
+first used, as `jdarts.spaces` loads its built-in spaces: their package
+imports `jdarts.models.base`, and Python runs this `__init__` before any
+submodule, so importing them here at import time would be circular.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Dict, Mapping, Sequence
-
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
-from jdarts import genotypes as genotypes_lib
-from jdarts import ops
-from jdarts.models.cells import Cell, drop_path
-from jdarts.models.cifar import AuxiliaryHeadCIFAR, NetworkCIFAR
-from jdarts.models.imagenet import AuxiliaryHeadImageNet, NetworkImageNet
-from jdarts.registry import Registry
-
-MODELS = Registry("evaluation model")
-
-# Name of the auxiliary head's parameter subtree; excluded from `params` as
-# the reference excludes parameter names containing 'auxiliary'.
-AUXILIARY = "auxiliary_head"
-
-# XLA options for compiling one-off programs (initialisation) on CPU.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+from jdarts.models import base
+from jdarts.models.base import (AUXILIARY, INIT_COMPILER_OPTIONS, abstract_variables,
+                                count_params, init_variables, op_options,
+                                without_axis_name)
 
 
-def _get(cfg, key, default):
-  if isinstance(cfg, Mapping):
-    return cfg.get(key, default)
-  return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+def _register_builtin() -> None:
+  # The import registers 'cifar' and 'imagenet'; kept out of module import time.
+  from jdarts.spaces.darts_cnn import evaluation  # noqa: F401
 
 
-def op_options(cfg, bn_axis_name=None) -> ops.OpOptions:
-  """Evaluation-network operation options: BatchNorm with running averages."""
-  return ops.OpOptions(depthwise=_get(cfg, "depthwise", "auto"),
-                       track_running_stats=True, bn_axis_name=bn_axis_name,
-                       bn_momentum=_get(cfg, "bn_momentum", 0.9),
-                       dtype=jnp.dtype(_get(cfg, "dtype", "float32")))
+def build_model(cfg, num_classes: int, *, bn_axis_name=None, genotype=None):
+  """`jdarts.models.base.build_model` with the built-in networks registered."""
+  _register_builtin()
+  return base.build_model(cfg, num_classes, bn_axis_name=bn_axis_name, genotype=genotype)
 
 
-@MODELS.register("cifar")
-def _cifar(cfg, num_classes: int, genotype, opts: ops.OpOptions) -> nn.Module:
-  return NetworkCIFAR(genotype, C=_get(cfg, "init_channels", 36), num_classes=num_classes,
-                      layers=_get(cfg, "layers", 20), auxiliary=_get(cfg, "auxiliary", True),
-                      drop_path_prob=_get(cfg, "drop_path_prob", 0.0),
-                      stem_multiplier=_get(cfg, "stem_multiplier", 3), opts=opts)
+def __getattr__(name: str):
+  # `models.MODELS`: the registry, with the built-in networks in it.
+  if name == "MODELS":
+    _register_builtin()
+    return base.MODELS
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@MODELS.register("imagenet")
-def _imagenet(cfg, num_classes: int, genotype, opts: ops.OpOptions) -> nn.Module:
-  return NetworkImageNet(genotype, C=_get(cfg, "init_channels", 48), num_classes=num_classes,
-                         layers=_get(cfg, "layers", 14),
-                         auxiliary=_get(cfg, "auxiliary", True),
-                         drop_path_prob=_get(cfg, "drop_path_prob", 0.0), opts=opts)
-
-
-def build_model(cfg, num_classes: int, *, bn_axis_name=None, genotype=None) -> nn.Module:
-  """An evaluation network from a config's `model` block.
-
-  Args:
-    cfg: mapping with `name` ('cifar' | 'imagenet'), `genotype` (a registered
-      name such as 'DARTS_V2', a genotype JSON file, or a search workdir
-      holding genotype.json), `init_channels`, `layers`, `auxiliary`,
-      `drop_path_prob`, `depthwise`, `dtype`.
-    num_classes: classifier width.
-    bn_axis_name: device axis for cross-replica BatchNorm statistics.
-    genotype: a `Genotype` overriding `cfg.genotype`.
-
-  Returns:
-    The Flax module.
-  """
-  if genotype is None:
-    genotype = genotypes_lib.load_genotype(_get(cfg, "genotype", "DARTS_V2"))
-  return MODELS.get(_get(cfg, "name", "cifar"))(cfg, num_classes, genotype,
-                                                 op_options(cfg, bn_axis_name))
-
-
-def without_axis_name(net: nn.Module) -> nn.Module:
-  """The same network with BatchNorm statistics local (for use outside a device map)."""
-  return net.clone(opts=dataclasses.replace(net.opts, bn_axis_name=None))
-
-
-def init_variables(net: nn.Module, rng, image_shape: Sequence[int], batch_size: int = 1):
-  """`{'params', 'batch_stats'}` of `net` for (H, W, C) images, auxiliary head included."""
-  net = without_axis_name(net)
-  x = jnp.zeros((batch_size,) + tuple(image_shape), jnp.float32)
-
-  def init(rng):
-    k_params, k_drop = jax.random.split(rng)
-    return dict(net.init({"params": k_params, "dropout": k_drop}, x, train=False))
-  # One compiled program (op-by-op initialisation compiles every small op
-  # apart). It runs once, so on CPU it is compiled without LLVM optimisation:
-  # the many unrolled threefry hashes of the initialisers otherwise take
-  # 5-10x longer to compile than the whole forward pass.
-  lowered = jax.jit(init).lower(rng)
-  return lowered.compile(INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None)(rng)
-
-
-def abstract_variables(net: nn.Module, image_shape: Sequence[int]):
-  """Shapes and dtypes of `init_variables` without computing anything (jax.eval_shape)."""
-  net = without_axis_name(net)
-  x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
-  return jax.eval_shape(
-      lambda k, x: dict(net.init({"params": k, "dropout": k}, x, train=False)),
-      jax.random.PRNGKey(0), x)
-
-
-def count_params(params) -> Dict[str, int]:
-  """{'params': without the auxiliary head (the reference's count), 'params_total'}."""
-  total = ops.count_params(params)
-  aux = ops.count_params(params.get(AUXILIARY, {})) if isinstance(params, Mapping) else 0
-  return {"params": total - aux, "params_total": total}
-
-
-__all__ = ["MODELS", "AUXILIARY", "build_model", "init_variables", "abstract_variables",
-           "count_params", "op_options", "without_axis_name", "NetworkCIFAR",
-           "NetworkImageNet", "AuxiliaryHeadCIFAR", "AuxiliaryHeadImageNet", "Cell",
-           "drop_path"]
+__all__ = ["MODELS", "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
+           "abstract_variables", "count_params", "op_options", "without_axis_name"]

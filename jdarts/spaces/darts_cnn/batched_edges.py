@@ -1,4 +1,4 @@
-"""The mixed operations of all edges that leave one cell state, computed together.
+"""The DARTS CNN search cell's mixed operations of all edges leaving one state, computed together.
 
 In a DARTS search cell every edge leaving a state (s0, s1 or an intermediate
 node) reads the same input at the same stride. `SourceEdges` therefore
@@ -26,7 +26,9 @@ Parameter layout: the parameters of candidate `p` on the k edges are the
 per-edge `MixedOp` parameters of `p` stacked on a new leading axis (edges in
 target-node order), at the per-edge sub-paths, e.g.
 `sep_conv_3x3/DilConv_1/DepthwiseConv_0/conv/kernel` of shape (k, 3, 3, 1, C).
-`darts_cnn.to_batched_params` converts a per-edge checkpoint and back.
+`jdarts.spaces.darts_cnn.network.to_batched_params` converts a per-edge
+checkpoint and back. Specific to this space: the batched forms below are
+those of its operations (`primitives.OPS`), and the stacking follows its cell.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jdarts import ops
+from jdarts.spaces.darts_cnn import primitives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,7 @@ class ConvCandidate:
   layers: int
 
 
-# How each built-in candidate runs batched; mirrors the factories in jdarts.ops.
+# How each built-in candidate runs batched; mirrors the factories in `primitives`.
 BATCHED_CANDIDATES: Dict[str, object] = {
     "max_pool_3x3": "max",
     "avg_pool_3x3": "avg",
@@ -63,14 +66,17 @@ BATCHED_CANDIDATES: Dict[str, object] = {
     "dil_conv_3x3": ConvCandidate(3, 2, 2, 1),
     "dil_conv_5x5": ConvCandidate(5, 4, 2, 1),
 }
-# The factories the table describes. A name re-registered in ops.OPS since
-# import is no longer described by it and takes the generic per-edge path.
-_DESCRIBED_FACTORIES = {name: ops.OPS.get(name) for name in BATCHED_CANDIDATES}
+# The factories and metadata the table describes. A name re-registered in
+# primitives.OPS since import is no longer described by it and takes the
+# generic per-edge path.
+_DESCRIBED = {name: (primitives.OPS.get(name), primitives.op_info(name))
+              for name in BATCHED_CANDIDATES}
 
 
 def batched_candidate(name: str):
   """The batched form of primitive `name`, or None if it must run per edge."""
-  if name in BATCHED_CANDIDATES and ops.OPS.get(name) is _DESCRIBED_FACTORIES[name]:
+  if (name in BATCHED_CANDIDATES and
+      (primitives.OPS.get(name), primitives.op_info(name)) == _DESCRIBED[name]):
     return BATCHED_CANDIDATES[name]
   return None
 
@@ -251,10 +257,10 @@ class _PerEdgeCandidate(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    op = ops.make_op(self.primitive, self.C, self.stride, False, self.opts)
+    op = primitives.make_op(self.primitive, self.C, self.stride, False, self.opts)
     nn.share_scope(self, op)
     y = op(x, self.train)
-    if "pool" in self.primitive:  # as MixedOp: pooling gets a non-affine BN
+    if primitives.op_info(self.primitive).search_bn:  # as MixedOp
       y = ops.BatchNorm(False, self.opts, name="pool_bn")(y, self.train)
     return y
 
@@ -262,7 +268,7 @@ class _PerEdgeCandidate(nn.Module):
 class SourceEdges(nn.Module):
   """The k mixed operations (paper eq. 2) on the edges leaving one cell state.
 
-  Equals k `darts_cnn.MixedOp`s applied to the same input, with the per-edge
+  Equals k `cells.MixedOp`s applied to the same input, with the per-edge
   parameters stacked (module docstring).
 
   Attributes:
