@@ -135,7 +135,7 @@ def main(argv=None):
 
   space, w_opt, sched, state, tb, vb = build(args.C, args.layers, args.batch, args.depthwise,
                                              args.primitives, args.image)
-  loss = lambda p, a, b: space.loss(p, a, b)[0]
+  loss = lambda p, a, b: space.loss(p, a, b, None, None)[0]
   xi = sched(state.step)
   solver_kw = dict(neumann_terms=args.solver_iters, cg_iters=args.solver_iters,
                    unroll_solver=args.unroll_solver)

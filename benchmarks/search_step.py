@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-from jdarts import config_lib, hypergrad, optim, schedules, search, spaces  # noqa: E402
+from jdarts import config_lib, data, hypergrad, optim, schedules, search, spaces  # noqa: E402
 
 
 def peak_memory_mb() -> float:
@@ -59,11 +59,12 @@ def build(C, layers, batch, depthwise, primitives, batch_edges=False, image=32,
   Batches are {'image': (batch, image, image, 3), 'label': (batch,)}; with
   alpha_scale > 0 the alphas are random normals of that scale (zero otherwise).
   """
-  model = dict(init_channels=C, layers=layers, num_classes=10, depthwise=depthwise,
+  model = dict(init_channels=C, layers=layers, depthwise=depthwise,
                batch_edges=batch_edges)
   if primitives:
     model["primitives"] = tuple(primitives.split(","))
-  space = spaces.get_space("darts_cnn", model)
+  info = data.DatasetInfo("synthetic", (image, image, 3), 10, (0.5,) * 3, (0.25,) * 3)
+  space = spaces.get_space("darts_cnn", model, info)
   cfg = config_lib.search_defaults()
   rng = np.random.RandomState(0)
   mk = lambda: {"image": jnp.asarray(rng.randn(batch, image, image, 3), jnp.float32),

@@ -49,8 +49,13 @@ def validate(cfg) -> None:
   optim.validate_weight(cfg.optim)
   optim.validate_arch(cfg.arch)
   a = cfg.arch
-  _need(a.method in hypergrad.METHODS, f"arch.method={a.method!r} is unknown; choose "
-        f"one of {', '.join(hypergrad.METHODS)}.")
+  _need(a.method in hypergrad.ESTIMATORS, f"arch.method={a.method!r} is unknown; choose "
+        f"one of {', '.join(hypergrad.ESTIMATORS.names())}.")
+  try:  # the estimator's own checks; the step supplies the real xi
+    hypergrad.options(a.method, xi=1.0,
+                      **search_lib.estimator_options(a, cfg.optim.weight_decay))
+  except ValueError as e:
+    raise ConfigError(f"arch.{e}") from None
   kind = a.get("step_kind", "auto")
   _need(kind == "auto" or kind in search_lib.STEP_KINDS, f"arch.step_kind={kind!r} is "
         f"unknown; choose 'auto' or one of {', '.join(search_lib.STEP_KINDS.names())}.")

@@ -39,312 +39,60 @@ averaged gradient), under ``jax.pmap``, ``jax.shard_map`` (either
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple
-
-import jax
-import jax.numpy as jnp
-import optax
+from typing import Any, Callable
 
 from jdarts import solvers
+from jdarts.hypergrad_estimators import (ESTIMATORS, Estimator, Options, check_float_leaves,
+                                         check_opt_state, check_step_args, device_grad,
+                                         virtual_update, wrap_loss)
 
 PyTree = Any
 Loss = Callable[[PyTree, PyTree, Any], Any]
 
 
 # ---------------------------------------------------------------------------
-# Validation and small pytree helpers.
-
-
-def _check_float_leaves(tree: PyTree, name: str) -> None:
-  """Raises TypeError if a leaf of `tree` is not a floating-point array."""
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    dtype = jnp.result_type(leaf)
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(
-          f"{name}{jax.tree_util.keystr(path)} has dtype {dtype}; hypergradients "
-          f"need floating-point leaves, cast it (e.g. .astype(jnp.float32)) or "
-          f"move it out of {name}.")
-
-
-def _wrap_loss(loss_fn: Loss, name: str, has_aux: bool) -> Callable:
-  """Returns `loss_fn` made to return `(scalar, aux)`, checked at trace time."""
-
-  def wrapped(params, alphas, batch):
-    out = loss_fn(params, alphas, batch)
-    if has_aux:
-      if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise TypeError(f"{name} must return (scalar, aux) when has_aux=True, "
-                        f"got {type(out).__name__}.")
-      value, aux = out
-    else:
-      if isinstance(out, (tuple, list)):
-        raise TypeError(f"{name} returned a {type(out).__name__}; if it returns "
-                        "(loss, aux) pass has_aux=True.")
-      value, aux = out, None
-    if jnp.shape(value) != ():
-      raise ValueError(f"{name} must return a scalar, got shape "
-                       f"{jnp.shape(value)}; reduce with jnp.mean.")
-    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
-      raise TypeError(f"{name} must return a float scalar, got dtype "
-                      f"{jnp.result_type(value)}.")
-    return value, aux
-
-  return wrapped
-
-
-def _pmean(tree: PyTree, axis_name) -> PyTree:
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
-
-
-def _varying_axes(leaf) -> frozenset:
-  aval = jax.typeof(leaf)
-  manual = getattr(aval, "manual_axis_type", None)
-  if manual is not None:
-    return frozenset(manual.varying)
-  return frozenset(getattr(aval, "vma", ()))
-
-
-def _manual_axes() -> frozenset:
-  """Axes of the enclosing shard_map or pmap; named vmap axes are not manual."""
-  get_mesh = getattr(jax.sharding, "get_abstract_mesh", None)
-  if get_mesh is None:
-    return frozenset()
-  return frozenset(getattr(get_mesh(), "manual_axes", ()))
-
-
-def _as_varying(tree: PyTree, axis_name) -> PyTree:
-  """Marks replicated leaves as device-varying before they are differentiated.
-
-  Under `shard_map` with `check_vma=True`, the gradient of a per-device loss
-  w.r.t. a replicated (invariant) input is implicitly psum-ed, which would turn
-  the later pmean into a sum. Casting to varying first gives per-device
-  gradients under pmap and both shard_map modes, so one pmean is always right.
-  Named `vmap` axes are not manual mesh axes and need (and allow) no cast.
-  """
-  if axis_name is None:
-    return tree
-  axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-  manual = _manual_axes()
-  cast = getattr(jax.lax, "pcast", None)
-  pvary = getattr(jax.lax, "pvary", None)  # The pre-pcast spelling.
-
-  def one(leaf):
-    missing = tuple(a for a in axes
-                    if a in manual and a not in _varying_axes(leaf))
-    if not missing:
-      return leaf
-    if cast is not None:
-      return cast(leaf, missing, to="varying")
-    return leaf if pvary is None else pvary(leaf, missing)
-
-  return jax.tree.map(one, tree)
-
-
-def _grad(loss, argnums, params, alphas, batch, axis_name):
-  """Device-averaged `jax.grad(loss, argnums)`; returns (grad, aux)."""
-  args = [params, alphas]
-  for i in (argnums if isinstance(argnums, tuple) else (argnums,)):
-    args[i] = _as_varying(args[i], axis_name)
-  g, aux = jax.grad(loss, argnums=argnums, has_aux=True)(*args, batch)
-  return _pmean(g, axis_name), aux
-
-
-_axpy = solvers.axpy
-
-
-def _check_opt_state(opt_state: PyTree, params: PyTree) -> None:
-  """Raises ValueError if a params-structured part of opt_state has other shapes.
-
-  A structure mismatch already fails inside `optimizer.update`; a shape
-  mismatch can silently broadcast (e.g. a (1,) momentum buffer for a (3,)
-  weight), so params-shaped subtrees are compared leaf by leaf.
-  """
-  p_def = jax.tree.structure(params)
-  if jax.tree_util.treedef_is_leaf(p_def):
-    return  # Bare-array params look like any array in the state (e.g. counts).
-  p_shapes = [jnp.shape(x) for x in jax.tree.leaves(params)]
-
-  def visit(node):
-    if jax.tree.structure(node) == p_def:
-      shapes = [jnp.shape(x) for x in jax.tree.leaves(node)]
-      if shapes != p_shapes:
-        raise ValueError(
-            f"opt_state does not fit params: a params-shaped part of it has "
-            f"leaf shapes {shapes}, params have {p_shapes}; pass "
-            f"opt_state=optimizer.init(params).")
-      return
-    children = jax.tree_util.tree_flatten(
-        node, is_leaf=lambda x: x is not node)[0]
-    if len(children) == 1 and children[0] is node:
-      return  # a leaf
-    for child in children:
-      visit(child)
-
-  visit(opt_state)
-
-
-def _optax_updates(optimizer, grads, opt_state, params):
-  try:
-    updates, _ = optimizer.update(grads, opt_state, params)
-  except (ValueError, TypeError) as e:
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
-    raise ValueError(f"opt_state does not fit params ({first}); pass "
-                     "opt_state=optimizer.init(params) for these params.") from e
-  if jax.tree.structure(updates) != jax.tree.structure(params):
-    raise ValueError("optimizer.update returned updates whose structure differs "
-                     "from params; pass opt_state=optimizer.init(params).")
-  return updates
-
-
-def _check_step_args(xi, optimizer, opt_state, method: str) -> None:
-  if (optimizer is None) != (opt_state is None):
-    raise ValueError("pass optimizer and opt_state together "
-                     "(opt_state=optimizer.init(params)), or neither.")
-  if optimizer is not None and not hasattr(optimizer, "update"):
-    raise TypeError(f"optimizer must be an optax GradientTransformation, got "
-                    f"{type(optimizer).__name__}.")
-  if xi is None and optimizer is None:
-    raise ValueError(f"{method} needs xi (the virtual step's learning rate, e.g. "
-                     "the weight learning rate); pass xi=..., or optimizer= and "
-                     "opt_state= for the real optax step.")
-
-
-# ---------------------------------------------------------------------------
-# Building blocks.
-
-
-def _virtual_step(train, params, alphas, batch, xi, optimizer, opt_state,
-                  axis_name):
-  g, _ = _grad(train, 0, params, alphas, batch, axis_name)
-  if optimizer is None:
-    return _axpy(-xi, g, params)
-  updates = _optax_updates(optimizer, g, opt_state, params)
-  return optax.apply_updates(params, updates)
-
-
-def _mixed_product(train, params, alphas, batch, v, axis_name):
-  """[grad^2_{alpha,w} L_train(w, alpha)] v, exactly, by jvp of grad_alpha."""
-  grad_alpha = lambda w: _grad(train, 1, w, alphas, batch, axis_name)[0]
-  # Tangents must carry the primals' dtypes (v may have been promoted).
-  v = jax.tree.map(lambda t, p: t.astype(jnp.result_type(p)), v, params)
-  return jax.jvp(grad_alpha, (params,), (v,))[1]
-
-
-class _Options(NamedTuple):
-  xi: Any
-  optimizer: Any
-  opt_state: Any
-  fd_eps: Any
-  neumann_terms: int
-  neumann_lr: Any
-  cg_iters: int
-  cg_damping: Any
-  axis_name: Any
-  unroll_solver: bool = False
-  weight_decay: Any = 0.0
-
-
-# ---------------------------------------------------------------------------
-# Estimators: (train, val, params, alphas, train_batch, val_batch, opts)
-#   -> (g_alpha, aux, info); train/val return (scalar, aux), info is the
-#   linear solver's (`solvers.empty_info()` for methods without one).
-
-
-def _first_order(train, val, params, alphas, tb, vb, o):
-  del train, tb
-  return _grad(val, 1, params, alphas, vb, o.axis_name)
-
-
-def _unrolled(train, val, params, alphas, tb, vb, o):
-
-  def outer(a):
-    w1 = _virtual_step(train, params, a, tb, o.xi, o.optimizer, o.opt_state,
-                       o.axis_name)
-    return val(w1, a, vb)
-
-  # Varying alphas give the per-device derivative; its mean over devices is
-  # the derivative of the mean validation loss (the inner pmean transposes
-  # into the same average).
-  g, aux = jax.grad(outer, has_aux=True)(_as_varying(alphas, o.axis_name))
-  return _pmean(g, o.axis_name), aux
-
-
-def _second_order_parts(train, val, params, alphas, tb, vb, o):
-  """Returns (grad_alpha L_val(w'), v = grad_w' L_val(w'), aux) from one grad."""
-  w1 = _virtual_step(train, params, alphas, tb, o.xi, o.optimizer, o.opt_state,
-                     o.axis_name)
-  (v, g_a), aux = _grad(val, (0, 1), w1, alphas, vb, o.axis_name)
-  return g_a, v, aux
-
-
-def _exact_hvp(train, val, params, alphas, tb, vb, o):
-  g_a, v, aux = _second_order_parts(train, val, params, alphas, tb, vb, o)
-  mixed = _mixed_product(train, params, alphas, tb, v, o.axis_name)
-  return _axpy(-o.xi, mixed, g_a), aux
-
-
-def _finite_difference(train, val, params, alphas, tb, vb, o):
-  g_a, v, aux = _second_order_parts(train, val, params, alphas, tb, vb, o)
-  norm = optax.tree_utils.tree_norm(v)
-  # A zero v makes the product zero for any eps; keep eps finite so 0/eps = 0.
-  eps = o.fd_eps / jnp.where(norm > 0, norm, jnp.ones_like(norm))
-  g_plus, _ = _grad(train, 1, _axpy(eps, v, params), alphas, tb, o.axis_name)
-  g_minus, _ = _grad(train, 1, _axpy(-eps, v, params), alphas, tb, o.axis_name)
-  mixed = jax.tree.map(lambda p, m: (p - m) / (2 * eps), g_plus, g_minus)
-  return _axpy(-o.xi, mixed, g_a), aux
-
-
-def _single_level(train, val, params, alphas, tb, vb, o):
-  del val, vb
-  return _grad(train, 1, params, alphas, tb, o.axis_name)
-
-
-def _no_solve(estimator):
-  """Gives an estimator without a linear solve the (g, aux, info) signature."""
-
-  def with_info(*args):
-    return (*estimator(*args), solvers.empty_info())
-
-  return with_info
-
-
-def _implicit(solver):
-
-  def estimator(train, val, params, alphas, tb, vb, o):
-    (g_w, g_a), aux = _grad(val, (0, 1), params, alphas, vb, o.axis_name)
-    grad_w = lambda w: _grad(train, 0, w, alphas, tb, o.axis_name)[0]
-    # Linearise once so every solver iteration reuses the forward pass.
-    _, h = jax.linearize(grad_w, params)
-    # The weights minimise L_train + wd/2 ||w||^2 (coupled decay), whose
-    # Hessian is H + wd I; the decay has no alpha-w cross term.
-    hvp = lambda v: _axpy(o.weight_decay, v, h(v))
-    if solver == "neumann":
-      x, info = solvers.neumann_solve(hvp, g_w, o.neumann_terms, o.neumann_lr,
-                                      o.unroll_solver)
-    else:
-      x, info = solvers.cg_solve(hvp, g_w, o.cg_iters, o.cg_damping,
-                                 o.unroll_solver)
-    mixed = _mixed_product(train, params, alphas, tb, x, o.axis_name)
-    return _axpy(-1.0, mixed, g_a), aux, info
-
-  return estimator
-
-
-_ESTIMATORS = {
-    "first_order": _no_solve(_first_order),
-    "unrolled": _no_solve(_unrolled),
-    "exact_hvp": _no_solve(_exact_hvp),
-    "finite_difference": _no_solve(_finite_difference),
-    "single_level": _no_solve(_single_level),
-    "implicit_neumann": _implicit("neumann"),
-    "implicit_cg": _implicit("cg"),
-}
-METHODS = tuple(_ESTIMATORS)
-
-
-# ---------------------------------------------------------------------------
 # Public API.
+
+# The built-in methods; `ESTIMATORS` also holds any a user registers.
+METHODS = tuple(ESTIMATORS.names())
+
+
+def estimator(method: str) -> Estimator:
+  """The registered `Estimator` of `method`; ValueError naming the known ones otherwise."""
+  if not isinstance(method, str) or method not in ESTIMATORS:
+    raise ValueError(f"Unknown hypergradient method {method!r}; known methods: "
+                     f"{', '.join(ESTIMATORS.names())}.")
+  return ESTIMATORS.get(method)
+
+
+def options(method: str, *, xi=None, optimizer=None, opt_state=None, fd_eps=0.01,
+            neumann_terms: int = 20, neumann_lr=None, cg_iters: int = 20,
+            cg_damping=solvers.CG_DAMPING, weight_decay=0.0, unroll_solver: bool = False,
+            axis_name=None) -> Options:
+  """The checked `Options` of `method` (see `arch_grad` for the arguments).
+
+  Every check of a method's settings happens here, before anything is traced,
+  so a search config can be validated up front with the same code.
+
+  Raises:
+    ValueError: unknown method, a missing xi, or a bad setting of the method.
+  """
+  est = estimator(method)
+  if est.needs_xi and xi is None:
+    raise ValueError(f"{method} needs xi (the coefficient of the second-order "
+                     "term in eq. 7, usually the weight learning rate); pass xi=...")
+  if est.uses_virtual_step:
+    check_step_args(xi, optimizer, opt_state, method)
+  if method == "implicit_neumann" and neumann_lr is None:
+    neumann_lr = xi
+  opts = Options(xi=xi, optimizer=optimizer if est.uses_virtual_step else None,
+                 opt_state=opt_state if est.uses_virtual_step else None, fd_eps=fd_eps,
+                 neumann_terms=neumann_terms, neumann_lr=neumann_lr, cg_iters=cg_iters,
+                 cg_damping=cg_damping, axis_name=axis_name,
+                 unroll_solver=bool(unroll_solver), weight_decay=weight_decay)
+  if est.check is not None:
+    est.check(opts)
+  return opts._replace(neumann_terms=int(neumann_terms), cg_iters=int(cg_iters))
 
 
 def virtual_step(train_loss: Loss, params: PyTree, alphas: PyTree,
@@ -370,13 +118,13 @@ def virtual_step(train_loss: Loss, params: PyTree, alphas: PyTree,
   Returns:
     w', a pytree with the structure, shapes and dtypes of `params`.
   """
-  _check_step_args(xi, optimizer, opt_state, "virtual_step")
-  _check_float_leaves(params, "params")
-  _check_float_leaves(alphas, "alphas")
+  check_step_args(xi, optimizer, opt_state, "virtual_step")
+  check_float_leaves(params, "params")
+  check_float_leaves(alphas, "alphas")
   if optimizer is not None:
-    _check_opt_state(opt_state, params)
-  train = _wrap_loss(train_loss, "train_loss", has_aux)
-  return _virtual_step(train, params, alphas, train_batch, xi, optimizer,
+    check_opt_state(opt_state, params)
+  train = wrap_loss(train_loss, "train_loss", has_aux)
+  return virtual_update(train, params, alphas, train_batch, xi, optimizer,
                        opt_state, axis_name)
 
 
@@ -400,10 +148,10 @@ def joint_grad(loss: Loss, params: PyTree, alphas: PyTree, batch: Any, *,
     `(g_params, g_alphas)`, shaped like `params` and `alphas`; with `has_aux`,
     `((g_params, g_alphas), aux)`.
   """
-  _check_float_leaves(params, "params")
-  _check_float_leaves(alphas, "alphas")
-  wrapped = _wrap_loss(loss, "loss", has_aux)
-  grads, aux = _grad(wrapped, (0, 1), params, alphas, batch, axis_name)
+  check_float_leaves(params, "params")
+  check_float_leaves(alphas, "alphas")
+  wrapped = wrap_loss(loss, "loss", has_aux)
+  grads, aux = device_grad(wrapped, (0, 1), params, alphas, batch, axis_name)
   return (grads, aux) if has_aux else grads
 
 
@@ -511,50 +259,17 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
       a loss returning a non-scalar, bad solver settings.
     TypeError: non-float leaves, wrong loss return type.
   """
-  if not isinstance(method, str) or method not in _ESTIMATORS:
-    raise ValueError(f"Unknown hypergradient method {method!r}; known methods: "
-                     f"{', '.join(METHODS)}.")
-  uses_step = method in ("unrolled", "exact_hvp", "finite_difference")
-  if method in ("exact_hvp", "finite_difference") and xi is None:
-    raise ValueError(f"{method} needs xi (the coefficient of the second-order "
-                     "term in eq. 7, usually the weight learning rate); pass "
-                     "xi=...")
-  if uses_step:
-    _check_step_args(xi, optimizer, opt_state, method)
-  if method == "implicit_neumann":
-    neumann_lr = xi if neumann_lr is None else neumann_lr
-    if neumann_lr is None:
-      raise ValueError("implicit_neumann needs neumann_lr (or xi), a step "
-                       "below 2 / lambda_max of the train-loss Hessian.")
-    if not isinstance(neumann_terms, numbers.Integral) or neumann_terms < 0:
-      raise ValueError(
-          f"neumann_terms must be an int >= 0, got {neumann_terms!r}.")
-    if isinstance(neumann_lr, numbers.Number) and not neumann_lr > 0:
-      raise ValueError(f"neumann_lr must be > 0, got {neumann_lr!r}.")
-  if method == "implicit_cg" and (not isinstance(cg_iters, numbers.Integral)
-                                  or cg_iters < 1):
-    raise ValueError(f"cg_iters must be an int >= 1, got {cg_iters!r}.")
-  for name, value in (("cg_damping", cg_damping), ("weight_decay", weight_decay)):
-    if method.startswith("implicit") and isinstance(
-        value, numbers.Number) and not value >= 0:
-      raise ValueError(f"{name} must be >= 0, got {value!r}.")
-  if (method == "finite_difference" and isinstance(fd_eps, numbers.Number)
-      and not fd_eps > 0):
-    raise ValueError(f"fd_eps must be > 0, got {fd_eps!r}.")
-  _check_float_leaves(params, "params")
-  _check_float_leaves(alphas, "alphas")
-  if uses_step and optimizer is not None:
-    _check_opt_state(opt_state, params)
-
-  opts = _Options(xi=xi, optimizer=optimizer if uses_step else None,
-                  opt_state=opt_state if uses_step else None, fd_eps=fd_eps,
-                  neumann_terms=int(neumann_terms), neumann_lr=neumann_lr,
-                  cg_iters=int(cg_iters), cg_damping=cg_damping,
-                  axis_name=axis_name, unroll_solver=bool(unroll_solver),
-                  weight_decay=weight_decay)
-  train = _wrap_loss(train_loss, "train_loss", has_aux)
-  val = _wrap_loss(val_loss, "val_loss", has_aux)
-  g, aux, info = _ESTIMATORS[method](train, val, params, alphas, train_batch,
-                                     val_batch, opts)
+  est = estimator(method)
+  opts = options(method, xi=xi, optimizer=optimizer, opt_state=opt_state, fd_eps=fd_eps,
+                 neumann_terms=neumann_terms, neumann_lr=neumann_lr, cg_iters=cg_iters,
+                 cg_damping=cg_damping, weight_decay=weight_decay,
+                 unroll_solver=unroll_solver, axis_name=axis_name)
+  check_float_leaves(params, "params")
+  check_float_leaves(alphas, "alphas")
+  if est.uses_virtual_step and optimizer is not None:
+    check_opt_state(opt_state, params)
+  train = wrap_loss(train_loss, "train_loss", has_aux)
+  val = wrap_loss(val_loss, "val_loss", has_aux)
+  g, aux, info = est.fn(train, val, params, alphas, train_batch, val_batch, opts)
   out = (g, aux) if has_aux else g
   return (out, info) if return_info else out

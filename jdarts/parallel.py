@@ -12,6 +12,10 @@ the caller passes and receives *global* values:
   JAX documentation recommends (pmap is in maintenance mode).
 * `backend='none'`: plain `jax.jit` on one device.
 
+A state with a `carry` attribute (`jdarts.search.SearchState`) holds per-row
+values there (a recurrent hidden state per sequence): that part is split over
+the devices along its leading (batch) axis like a batch, the rest replicated.
+
 All three give the same numbers for the same global batch (tests/test_parallel.py),
 because every statistic is averaged over the whole global batch.
 
@@ -81,36 +85,61 @@ class ParallelStep:
     elif backend == "shard_map":
       mesh_devices = jax.devices() if self.multi_process else self.devices
       self.mesh = Mesh(np.asarray(mesh_devices), (axis_name,))
-      # check_vma=False: gradients w.r.t. the replicated state are then per-device
-      # values that the step averages itself, exactly as under pmap.
-      mapped = jax.shard_map(per_device_step, mesh=self.mesh,
-                             in_specs=(P(),) + (P(axis_name),) * num_batches,
-                             out_specs=(P(), P()), check_vma=False)
-      self._fn = jax.jit(mapped, donate_argnums=donate_args)
       self._replicated = NamedSharding(self.mesh, P())
       self._split = NamedSharding(self.mesh, P(axis_name))
+      self._donate_args, self._num_batches = donate_args, num_batches
+      self._per_device_step = per_device_step
+      self._fn = None  # built by put_state, which sees whether the state has a carry
     else:
       self._fn = jax.jit(per_device_step, donate_argnums=donate_args)
 
   # Moving values in and out --------------------------------------------------
+  def _state_specs(self, state):
+    """The state's partition: P() everywhere, P(axis) on the carry's leaves."""
+    specs = jax.tree_util.tree_map(lambda _: P(), _without_carry(state))
+    if _carry(state) is None:
+      return specs
+    return specs.replace(carry=jax.tree_util.tree_map(lambda _: P(self.axis_name),
+                                                      _carry(state)))
+
+  def _build_shard_map(self, state):
+    # check_vma=False: gradients w.r.t. the replicated state are then per-device
+    # values that the step averages itself, exactly as under pmap.
+    specs = self._state_specs(state)
+    mapped = jax.shard_map(self._per_device_step, mesh=self.mesh,
+                           in_specs=(specs,) + (P(self.axis_name),) * self._num_batches,
+                           out_specs=(specs, P()), check_vma=False)
+    self._fn = jax.jit(mapped, donate_argnums=self._donate_args)
+
   def put_state(self, state):
     """Places a host/global state the way the step expects it."""
+    if _carry(state) is not None and self.multi_process:
+      raise NotImplementedError(
+          "a search state with a carry (a recurrent space) runs on one process for now: "
+          "each process would hold only its rows of it; use one host.")
     if self.backend == "pmap":
       n = self.num_devices
       stacked = jax.tree_util.tree_map(
-          lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
+          lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), _without_carry(state))
+      if _carry(state) is not None:
+        stacked = stacked.replace(carry=self.put_batch(jax.device_get(_carry(state))))
       # An identity pmap places slice i on device i, as the step's outputs are.
       # The same axis name as the step's, or the arrays' shardings differ
       # from the step's outputs and the second call retraces.
       return jax.pmap(lambda x: x, axis_name=self.axis_name,
                       devices=None if self.multi_process else self.devices)(stacked)
     if self.backend == "shard_map":
+      if self._fn is None:
+        self._build_shard_map(state)
       if self.multi_process:
         def replicate(x):
           x = np.asarray(x)
           return jax.make_array_from_callback(x.shape, self._replicated, lambda i: x[i])
         return jax.tree_util.tree_map(replicate, state)
-      return jax.device_put(state, self._replicated)
+      if _carry(state) is None:
+        return jax.device_put(state, self._replicated)
+      placed = jax.device_put(_without_carry(state), self._replicated)
+      return placed.replace(carry=self.put_batch(_carry(state)))
     return jax.device_put(state, self.devices[0])
 
   def get_state(self, state):
@@ -118,8 +147,14 @@ class ParallelStep:
     if self.backend == "pmap":
       # The copy on this process's first device: x[0] would need device 0,
       # which another process owns under multi-host.
-      return jax.tree_util.tree_map(
-          lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), state)
+      out = jax.tree_util.tree_map(
+          lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]),
+          _without_carry(state))
+      if _carry(state) is None:
+        return out
+      # The devices' rows, in device order: the global batch's row order.
+      return out.replace(carry=jax.tree_util.tree_map(
+          lambda x: x.reshape((-1,) + x.shape[2:]), _carry(state)))
     if self.multi_process:
       return jax.tree_util.tree_map(lambda x: x.addressable_shards[0].data, state)
     return state
@@ -156,8 +191,18 @@ class ParallelStep:
     return metrics
 
   def __call__(self, state, *batches):
-    """Runs one step on placed state and global batches."""
+    """Runs one step on placed state (`put_state`) and global batches."""
+    if self._fn is None:
+      raise RuntimeError("place the state with put_state() before the first step.")
     return self._fn(state, *[self.put_batch(b) for b in batches])
+
+
+def _carry(state):
+  return getattr(state, "carry", None)
+
+
+def _without_carry(state):
+  return state.replace(carry=None) if _carry(state) is not None else state
 
 
 # Multi-host initialisation --------------------------------------------------

@@ -71,11 +71,14 @@ def init_state(space, rng, sample_batch, w_opt, a_opt) -> SearchState:
   params = space.init(k_params, sample_batch)
   alphas = space.init_alphas(k_alphas)
   batch_size = jax.tree_util.tree_leaves(sample_batch)[0].shape[0]
+  # One carry per stream, built twice: the step donates the state, and one
+  # buffer cannot be donated twice.
   carry = space.init_carry(batch_size)
+  if carry is not None:
+    carry = {"train": carry, "val": space.init_carry(batch_size)}
   return SearchState(step=jnp.zeros((), jnp.int32), params=params, alphas=alphas,
                      w_opt_state=w_opt.init(params), a_opt_state=a_opt.init(alphas),
-                     rng=k_run,
-                     carry=None if carry is None else {"train": carry, "val": carry})
+                     rng=k_run, carry=carry)
 
 
 def step_keys(state: SearchState, axis_name: Optional[str]):
@@ -299,7 +302,7 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
 
   Args:
     space: a search space (`jdarts.spaces.SearchSpace`).
-    arch_cfg: the config's `arch` block: `method` (a `hypergrad.METHODS` name),
+    arch_cfg: the config's `arch` block: `method` (a `hypergrad.ESTIMATORS` name),
       `step_kind` ('auto' or a `STEP_KINDS` name), `xi` (virtual-step learning
       rate; negative: the weights' current learning rate, paper footnote 1),
       `virtual_step` ('optimizer': the real optax weight update incl.
@@ -317,9 +320,9 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
     train_<m> and val_<m> for each of `space.metric_names`, lr, grad_norm,
     alpha_grad_norm.
   """
-  if arch_cfg.method not in hypergrad.METHODS:
+  if arch_cfg.method not in hypergrad.ESTIMATORS:
     raise ValueError(f"Unknown arch.method {arch_cfg.method!r}; choose one of "
-                     f"{', '.join(hypergrad.METHODS)}.")
+                     f"{', '.join(hypergrad.ESTIMATORS.names())}.")
   build = STEP_KINDS.get(step_kind_for(arch_cfg))
   return build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name,
                            float(weight_decay or 0.0)))

@@ -8,6 +8,7 @@ import pytest
 from jdarts import cli
 from jdarts import experiment
 from jdarts import genotypes
+from jdarts.spaces.darts_cnn import derive as derive_lib
 import helpers
 
 
@@ -35,9 +36,9 @@ def test_search_end_to_end_writes_a_valid_genotype(tiny_config, tmp_path, capsys
   # The alphas moved away from their zero initialisation.
   assert np.abs(np.asarray(alphas["normal"])).max() > 1e-4
   # The derived genotype is the derivation of the saved alphas.
-  again = genotypes.derive(np.asarray(alphas["normal"]), np.asarray(alphas["reduce"]),
-                           ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"),
-                           steps=1, multiplier=1)
+  again = derive_lib.derive(np.asarray(alphas["normal"]), np.asarray(alphas["reduce"]),
+                            ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"),
+                            steps=1, multiplier=1)
   assert genotypes.genotype_to_json(again) == g
   cfg = json.loads((workdir / "config.json").read_text())
   assert cfg["max_steps"] == 3 and cfg["data"]["name"] == "digits"

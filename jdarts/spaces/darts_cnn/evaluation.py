@@ -57,7 +57,7 @@ import jax.numpy as jnp
 
 from jdarts import genotypes as genotypes_lib
 from jdarts import ops
-from jdarts.models import base as models_base
+from jdarts import model_registry as models_base
 from jdarts.spaces.base import config_get
 from jdarts.spaces.darts_cnn.cells import Cell, Scalar, classifier
 
