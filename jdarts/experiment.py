@@ -73,37 +73,12 @@ def _plain(block) -> Dict[str, Any]:
   return block.to_dict() if hasattr(block, "to_dict") else dict(block)
 
 
-class SearchData(NamedTuple):
-  """The data of a search.
-
-  Attributes:
-    train, val: checkpointable iterators over the search-train and search-val
-      halves (one batch of each per step).
-    info: the dataset's description.
-    eval_sources: held-out sources by name: 'search_val', and 'test' when
-      `data.test_split` is set.
-  """
-  train: Any
-  val: Any
-  info: Any
-  eval_sources: Dict[str, Any]
+SearchData = data_lib.SearchData
 
 
 def build_data(cfg, shard_index: int = 0, shard_count: int = 1) -> SearchData:
-  """The search-train and search-val streams and the held-out sources of `cfg.data`."""
-  d = cfg.data
-  info = data_lib.get_info(d.name)
-  source = data_lib.load_source(d.name, "train", d.data_dir or None)
-  s_train, s_val = data_lib.search_split(source, d.train_portion)
-  common = dict(batch_size=cfg.batch_size, augment=d.augment, cutout=d.cutout,
-                shard_index=shard_index, shard_count=shard_count)
-  # Different seeds for the two halves, so their shuffles are not paired.
-  train_it = data_lib.make_train_iterator(s_train, info, seed=2 * cfg.seed, **common)
-  val_it = data_lib.make_train_iterator(s_val, info, seed=2 * cfg.seed + 1, **common)
-  eval_sources = {"search_val": s_val}
-  if d.get("test_split"):
-    eval_sources["test"] = data_lib.load_source(d.name, d.test_split, d.data_dir or None)
-  return SearchData(train_it, val_it, info, eval_sources)
+  """The search streams and held-out sets of `cfg.data` (`jdarts.data.build_search_data`)."""
+  return data_lib.build_search_data(cfg, shard_index, shard_count)
 
 
 def steps_per_epoch(cfg, data: SearchData) -> int:
@@ -116,7 +91,7 @@ def steps_per_epoch(cfg, data: SearchData) -> int:
   if n == 0:
     raise ConfigError(
         f"batch_size={cfg.batch_size} is larger than a search split "
-        f"({len(data.eval_sources['search_val'])} examples); lower --config.batch_size.")
+        f"({data.num_val} examples); lower --config.batch_size.")
   return n
 
 

@@ -68,9 +68,9 @@ def reference_method(h) -> Optional[str]:
 
 
 def method_list(value) -> List[str]:
-  if isinstance(value, str):
-    return [m.strip() for m in value.split(",") if m.strip()]
-  return list(value)
+  """Method names from 'a,b', ('a', 'b') or ('a,b',) (what a --config override gives)."""
+  items = [value] if isinstance(value, str) else list(value)
+  return [m.strip() for item in items for m in str(item).split(",") if m.strip()]
 
 
 def step_xi(arch, lr: float) -> float:

@@ -115,7 +115,7 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
   methods = probe_lib.method_list(h.methods)
   setting = {
       "space": cfg.space, "dataset": cfg.data.name, "batch_size": int(cfg.batch_size),
-      "init_channels": int(cfg.model.init_channels), "layers": int(cfg.model.layers),
+      "model": cfg.model.to_dict(),
       "step": int(state.step), "restored_checkpoint_step": built["restored_step"],
       "xi": xi, "virtual_step": "optimizer" if real_step else "sgd",
       "reference": probe_lib.reference_method(h), "repeats": int(h.repeats),

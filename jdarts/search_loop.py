@@ -33,7 +33,6 @@ from typing import Any, Dict
 
 import jax
 
-from jdarts import data as data_lib
 from jdarts import evaluation
 from jdarts import experiment
 from jdarts import hypergrad_probe
@@ -133,7 +132,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     if r.bar is not None:
       r.bar.set_postfix({**{f"train_{k}": _fmt(last[f"train_{k}"]) for k in shown},
                          **{f"val_{k}": _fmt(last[f"val_{k}"]) for k in shown[1:]},
-                         "img_s": f"{rate:.0f}"}, refresh=False)
+                         f"{data.unit}/s": f"{rate:.0f}"}, refresh=False)
 
   def on_step(step, state):
     if step % spe == 0 or step == total:
@@ -143,7 +142,8 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
         r.say(f"epoch {step / spe:.2f} genotype: {space.format_genotype(genotype)}")
 
   state, step, compile_seconds = r.steps(
-      state, start, total, advance, items_per_step=2 * cfg.batch_size, steps_per_epoch=spe,
+      state, start, total, advance, items_per_step=2 * cfg.batch_size * data.items_per_row,
+      steps_per_epoch=spe, rate_name=f"{data.unit}_per_sec",
       host_state=lambda s: jax.device_get(step_fn.get_state(s)),
       extra=lambda step: {"train_iter": data.train.get_state(),
                           "val_iter": data.val.get_state(), "epoch": step / spe},
@@ -160,9 +160,8 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   summary["genotype"] = space.genotype_json(genotype)
   if r.main:
     save_outputs(workdir, space, state.alphas)
-  for name, source in data.eval_sources.items():
-    batches = data_lib.make_eval_iterator(source, data.info, batch_size=cfg.batch_size)
-    res = evaluation.evaluate(eval_space, eval_step, state.params, state.alphas, batches,
+  for name, batches in data.eval_batches.items():
+    res = evaluation.evaluate(eval_space, eval_step, state.params, state.alphas, batches(),
                               batch_size=cfg.batch_size)
     summary.update({f"{name}_{k}": v for k, v in res.items() if k != "count"})
     if r.main:

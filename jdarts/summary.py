@@ -151,9 +151,10 @@ def summarize_search(cfg) -> Dict[str, Any]:
   Everything comes through the space protocol: shapes from
   `space.example_batch(1)`, operations counted in `space.loss`.
   """
-  shape, classes = _image_shape_and_classes(cfg)
-  info = dataclasses.replace(data_lib.get_info(cfg.data.name), image_shape=shape,
-                             num_classes=classes)
+  info = data_lib.get_info(cfg.data.name)
+  if isinstance(info, data_lib.DatasetInfo):  # image data: data.image_shape may override
+    shape, classes = _image_shape_and_classes(cfg)
+    info = dataclasses.replace(info, image_shape=shape, num_classes=classes)
   cfg = cfg.copy_and_resolve_references()
   with cfg.unlocked():
     if "depthwise" in cfg.model:
@@ -166,9 +167,13 @@ def summarize_search(cfg) -> Dict[str, Any]:
   carry = space.init_carry(1)
   macs = count_macs(lambda p, a, b: space.loss(p, a, b, jax.random.PRNGKey(0), carry)[0],
                     params, alphas, batch)
-  return {"params": n_params, "params_total": n_params, "mult_adds": macs,
-          "alphas": ops.count_params(alphas), "space": cfg.space,
-          "image_shape": list(shape), "num_classes": classes}
+  out = {"params": n_params, "params_total": n_params, "mult_adds": macs,
+         "alphas": ops.count_params(alphas), "space": cfg.space}
+  for key in ("image_shape", "num_classes"):
+    if hasattr(info, key):
+      value = getattr(info, key)
+      out[key] = list(value) if isinstance(value, tuple) else value
+  return out
 
 
 def summarize(cfg, genotype=None) -> Dict[str, Any]:
@@ -194,8 +199,9 @@ def format_summary(s: Dict[str, Any]) -> str:
   """A few human-readable lines."""
   what = (f"{s['model']} network, genotype {s['genotype']}" if "model" in s
           else f"{s['space']} supernet (alphas: {s['alphas']:,} values, not counted)")
-  lines = [f"{what}, input {'x'.join(map(str, s['image_shape']))}, "
-           f"{s['num_classes']} classes",
+  shape = (f", input {'x'.join(map(str, s['image_shape']))}, {s['num_classes']} classes"
+           if "image_shape" in s else "")
+  lines = [f"{what}{shape}",
            f"  params:       {s['params']:>13,}  ({s['params'] / 1e6:.6f}M)"]
   if s["params_total"] != s["params"]:
     lines.append(f"  params_total: {s['params_total']:>13,}  (with the auxiliary head)")

@@ -233,3 +233,22 @@ def test_carry_is_split_over_devices_like_the_batch(backend):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
   # The rows differ between halves: a replicated carry would fail the comparison.
   assert not np.allclose(one.carry["train"][:4], one.carry["train"][4:])
+
+
+def test_summary_and_hypergrad_commands_see_only_the_protocol(toy_config, tmp_path, capsys):
+  """`jdarts summary` counts the toy's weights; `jdarts hypergrad` compares its estimators."""
+  assert cli.main(["summary", f"--config={toy_config}", "--json"]) == 0
+  s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  d, h, k = 64, 8, 10  # 8x8x1 digits, hidden 8, 10 classes
+  assert s["params"] == d * h + h * k + 2 * len(EDGES) * h * h
+  assert s["alphas"] == len(EDGES) * len(OPS)
+  assert s["mult_adds"] == d * h + h * k + 2 * len(EDGES) * h * h  # one image, matmuls
+  workdir = tmp_path / "hg"
+  assert cli.main(["hypergrad", f"--config={toy_config}", f"--workdir={workdir}",
+                   "--config.hypergrad.methods=first_order,exact_hvp",
+                   "--config.hypergrad.fd_sweep=False", "--config.hypergrad.repeats=1",
+                   "--config.arch.virtual_step=sgd"]) == 0
+  rows = {r["method"]: r for r in json.loads((workdir / "hypergrad.json").read_text())["rows"]}
+  # Plain-SGD virtual step: the exact HVP equals autodiff through the step.
+  assert rows["exact_hvp"]["rel_err"] < 1e-4, rows["exact_hvp"]
+  assert rows["first_order"]["rel_err"] > 10 * rows["exact_hvp"]["rel_err"]

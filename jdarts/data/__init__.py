@@ -38,7 +38,10 @@ from jdarts.data.sources import load_source
 from jdarts.data.sources import make_synthetic
 from jdarts.data.sources import register_dataset
 from jdarts.data.sources import search_split
+from jdarts.data.sources import SearchData
 from jdarts.data.sources import SubsetSource
+from jdarts.data.sources import get_entry
+from jdarts.data.search_streams import build_search_data
 from jdarts.data import cifar  # registers 'cifar10', 'cifar10_1'  # noqa: E402
 from jdarts.data import imagenet  # registers 'imagenet2012'  # noqa: E402
 

@@ -19,7 +19,7 @@ scikit-learn is imported lazily so that importing `jdarts.data` stays cheap.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -73,18 +73,49 @@ class DatasetInfo:
                        f"{len(self.mean)}/{len(self.std)}.")
 
 
+class SearchData(NamedTuple):
+  """What a search reads: two checkpointable streams and the held-out sets.
+
+  Attributes:
+    train, val: iterators over search-train and search-val batches (one of each
+      per step) with `steps_per_epoch`, `get_state()` and `set_state(state)`.
+    info: the dataset's description (what a space reads its shapes from).
+    eval_batches: {name: () -> iterable of batches} of the held-out sets
+      ('search_val', and 'test' when configured); a final batch may be padded
+      with `mask` 0 rows.
+    num_val: examples in the search-val split (for messages).
+    unit, items_per_row: throughput is reported as `<unit>_per_sec`, counting
+      `items_per_row` per batch row (images: 1; BPTT segments: their tokens).
+  """
+  train: Any
+  val: Any
+  info: Any
+  eval_batches: Dict[str, Callable[[], Any]]
+  num_val: int
+  unit: str = "images"
+  items_per_row: int = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetEntry:
-  """A registered dataset: `loader(split, data_dir) -> source` and its info."""
+  """A registered dataset: `loader(split, data_dir) -> source` and its info.
+
+  `search_data(cfg, shard_index, shard_count) -> SearchData`, when set,
+  replaces the image pipeline for searches (e.g. token streams cut into BPTT
+  segments): a dataset that is not a set of images plugs in here.
+  """
   loader: Callable[[str, Optional[str]], Any]
-  info: DatasetInfo
+  info: Any
+  search_data: Optional[Callable[[Any, int, int], SearchData]] = None
 
 
 DATASETS: Dict[str, DatasetEntry] = {}
 
 
 def register_dataset(name: str, loader_fn: Callable[[str, Optional[str]], Any],
-                     info: DatasetInfo, *, overwrite: bool = False) -> None:
+                     info: Any, *, overwrite: bool = False,
+                     search_data: Optional[Callable[[Any, int, int], SearchData]] = None
+                     ) -> None:
   """Adds a dataset to `DATASETS` so configs can pick it by name.
 
   Args:
@@ -92,13 +123,16 @@ def register_dataset(name: str, loader_fn: Callable[[str, Optional[str]], Any],
     loader_fn: `loader_fn(split, data_dir) -> source`, where a source has
       `__len__` and `__getitem__` returning `{'image': uint8 (H, W, C),
       'label': int}`.
-    info: the dataset's `DatasetInfo` (its `image_shape` must match records).
+    info: the dataset's `DatasetInfo` (its `image_shape` must match records),
+      or for a dataset with its own `search_data` any description its spaces read.
     overwrite: replace an existing entry instead of raising.
+    search_data: optional `(cfg, shard_index, shard_count) -> SearchData`
+      building the search streams itself instead of the image pipeline.
   """
   if name in DATASETS and not overwrite:
     raise ValueError(f"dataset {name!r} is already registered; pass "
                      "overwrite=True to replace it.")
-  DATASETS[name] = DatasetEntry(loader_fn, info)
+  DATASETS[name] = DatasetEntry(loader_fn, info, search_data)
 
 
 def _entry(name: str) -> DatasetEntry:
@@ -107,6 +141,11 @@ def _entry(name: str) -> DatasetEntry:
   except KeyError:
     raise KeyError(f"Unknown dataset {name!r}. Known: "
                    f"{', '.join(sorted(DATASETS))}.") from None
+
+
+def get_entry(name: str) -> DatasetEntry:
+  """The registered entry of `name` (KeyError naming the known datasets)."""
+  return _entry(name)
 
 
 def get_info(name: str) -> DatasetInfo:
