@@ -82,7 +82,13 @@ def _parse(argv: List[str], require_workdir: bool = True):
     raise UsageError(_one_line(e)) from None
   except (KeyError, AttributeError, ValueError, TypeError) as e:
     # ml_collections reports unknown override keys and type mismatches this way.
-    raise UsageError(f"bad --config override: {_one_line(e)}") from None
+    # ml_collections wraps a KeyError (whose str() is a repr) in an AttributeError;
+    # the innermost message reads better.
+    msg = e
+    while isinstance(msg, BaseException) and msg.args and (
+        isinstance(msg, KeyError) or isinstance(msg.args[0], BaseException)):
+      msg = msg.args[0]
+    raise UsageError(f"bad --config override: {_one_line(msg)}") from None
   if fv.config is None:
     raise UsageError("--config is required, e.g. --config=configs/quickstart.py.")
   if not fv.workdir and require_workdir:
@@ -105,8 +111,9 @@ class _StderrHandler(logging.StreamHandler):
     pass
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line(e) -> str:
   msg = str(e).strip().strip('"').replace("\n", " ")
+  msg = " ".join(msg.split())  # one line, however the message was wrapped
   return msg[:500] if msg else type(e).__name__
 
 
