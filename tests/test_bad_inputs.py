@@ -10,8 +10,10 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import sys
 
+import numpy as np
 import pytest
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -154,6 +156,12 @@ CASES = [
      "is not a directory"),
     ("search", "--config={S} --workdir={D}/w --config.data.name=cifar10 "
      "--config.data.data_dir={D}/empty", "tfds build cifar10"),
+    ("search", "--config={S} --workdir={D}/w --config.data.name=cifar10 "
+     "--config.data.data_dir={D}/cifar_truncated", "data_batch_3: is truncated"),
+    ("search", "--config={S} --workdir={D}/w --config.data.name=cifar10 "
+     "--config.data.data_dir={D}/cifar_html", "is not a readable CIFAR-10 pickle"),
+    ("train", "{T} --workdir={D}/w --config.data.name=cifar10 "
+     "--config.data.data_dir={D}/cifar_label10", "outside [0, 10)"),
     ("train", "{T} --workdir={D}/w --config.data.extra_test_sets=foo", "dataset 'foo'"),
     # Genotypes
     ("train", "{T} --workdir={D}/w --config.genotype=DARTS_V3", "Did you mean 'DARTS_V2'"),
@@ -199,12 +207,20 @@ def make_inputs(d):
   (d / "oddcell.json").write_text(json.dumps(
       {"normal": [["sep_conv_3x3", 0]], "normal_concat": [2], "reduce": [],
        "reduce_concat": [2]}))
+  good = {b"data": np.zeros((6, 3072), np.uint8), b"labels": [1] * 6}
+  for name, bad in (("truncated", pickle.dumps(good)[:-3000]),
+                    ("html", b"<html>404 Not Found</html>\n"),
+                    ("label10", pickle.dumps({**good, b"labels": [0] * 5 + [10]}))):
+    c = d / f"cifar_{name}" / "cifar-10-batches-py"
+    c.mkdir(parents=True)
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+      (c / f).write_bytes(bad if f == "data_batch_3" else pickle.dumps(good))
   cfg = helpers.write_tiny_config(d)
-  other = d / "other_run"  # a workdir with results of a run on CIFAR-10, 16 channels
+  other = d / "other_run"  # a workdir with results of a search on CIFAR-10, 16 channels
   other.mkdir()
-  (other / "config.json").write_text(json.dumps(
-      dict(helpers.tiny_search_config().to_dict(), data={"name": "cifar10"},
-           model={"init_channels": 16})))
+  c = helpers.tiny_search_config(str(d / "xla_cache"))
+  c.data.name, c.model.init_channels = "cifar10", 16
+  (other / "config.json").write_text(c.to_json_best_effort())
   (other / "metrics.jsonl").write_text('{"step": 1, "kind": "train"}\n')
   return cfg
 
@@ -258,7 +274,7 @@ def _table():
   print("| # | command | input | message |\n|---|---|---|---|")
   for i, case in enumerate(CASES):
     _, err = run_cli(argv(case, cfg, d))
-    shown = case[1].replace("--config={S} ", "").replace("{T} ", "").replace(
+    shown = case[1].replace("--config={S} ", "").replace("{S}", "tiny.py").replace("{T} ", "").replace(
         "--workdir={D}/w", "").replace("{D}/", "").strip() or "(no arguments)"
     msg = err[0].split(": error: ", 1)[-1].replace(str(d) + "/", "").replace(REPO + "/", "")
     msg = msg.replace("|", "\\|")
