@@ -36,6 +36,9 @@ def validate(cfg) -> None:
   One line each: the key, what it got, what would work. Runs before any data
   is read or anything compiled.
   """
+  _need("space" in cfg and "arch" in cfg, "this is not a search config (it has no 'space' "
+        "or 'arch' block; configs/train_*.py are for `jdarts train`); use e.g. "
+        "--config=configs/quickstart.py.")
   runs.validate_blocks(cfg)
   runs.check_int(cfg, "hypergrad_probe_every", 0, " (0: off)")
   tp = cfg.data.train_portion

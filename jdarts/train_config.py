@@ -102,6 +102,9 @@ def validate(c) -> None:
     return (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
             and low <= v < high)
 
+  need("genotype" in c and "loss" in c, "this is not a train config (it has no 'genotype' "
+       "or 'loss' key; search configs are for `jdarts search`); use e.g. "
+       "--config=configs/train_quickstart.py.")
   runs.validate_blocks(c)
   models.validate_config(c.model)
   runs.check_int(c, "eval_batch_size", 0, " (0: batch_size)")

@@ -38,6 +38,11 @@ CASES = [
     ("search", "--workdir={D}/w", "--config is required"),
     ("search", "--config={S}", "--workdir is required"),
     ("search", "--config={S} --workdir={D}/w --bogus", "Unknown command line flag 'bogus'"),
+    ("search", "--config={R}/configs/train_quickstart.py --workdir={D}/w",
+     "this is not a search config"),
+    ("train", "--config={R}/configs/quickstart.py --workdir={D}/w",
+     "this is not a train config"),
+    ("hypergrad", "--config={R}/configs/train_cifar10.py", "this is not a search config"),
     # Override keys and types
     ("search", "--config={S} --workdir={D}/w --config.batch_sise=4", "'batch_sise'"),
     ("search", "--config={S} --workdir={D}/w --config.model.init_channels=abc",
@@ -228,7 +233,8 @@ def make_inputs(d):
 def argv(case, cfg, d):
   command, args, _ = case
   train = " ".join(_TRAIN).replace("{R}", REPO)
-  text = args.replace("{T}", train).replace("{S}", cfg).replace("{D}", str(d))
+  text = args.replace("{T}", train).replace("{S}", cfg).replace("{D}", str(d)).replace(
+      "{R}", REPO)
   return [command] + text.split()
 
 
@@ -274,8 +280,12 @@ def _table():
   print("| # | command | input | message |\n|---|---|---|---|")
   for i, case in enumerate(CASES):
     _, err = run_cli(argv(case, cfg, d))
-    shown = case[1].replace("--config={S} ", "").replace("{S}", "tiny.py").replace("{T} ", "").replace(
-        "--workdir={D}/w", "").replace("{D}/", "").strip() or "(no arguments)"
+    shown = case[1]
+    for a, b in (("--config={S} ", ""), ("{S}", "tiny.py"), ("{R}/", ""), ("{T} ", ""),
+                 ("--workdir={D}/w", ""), ("{D}/", "")):
+      shown = shown.replace(a, b)
+    shown = shown.strip() or ("--workdir=w (no --config)" if "--workdir" in case[1]
+                              else "(no arguments)")
     msg = err[0].split(": error: ", 1)[-1].replace(str(d) + "/", "").replace(REPO + "/", "")
     msg = msg.replace("|", "\\|")
     print(f"| {i + 1} | {case[0]} | `{shown}` | {msg} |")
