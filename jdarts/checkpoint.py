@@ -14,7 +14,8 @@ directory to `<dir>/<step>`. Only directories whose name is a plain step
 number are listed as checkpoints, so a crash before the rename leaves a
 `*.orbax-checkpoint-tmp` directory that is never restored; it is deleted when
 the next `Checkpointer` opens the directory (`cleanup_tmp_directories`), or
-when that step is saved again.
+when that step is saved again. An OSError while writing (a full disk) is
+`CheckpointWriteError`, naming the intact step a rerun resumes from.
 
 Corruption. A finalized step can still be damaged later (a full disk,
 a copy that stopped half-way, bit rot). `restore_latest` detects this when
