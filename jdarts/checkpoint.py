@@ -14,7 +14,8 @@ directory to `<dir>/<step>`. Only directories whose name is a plain step
 number are listed as checkpoints, so a crash before the rename leaves a
 `*.orbax-checkpoint-tmp` directory that is never restored; it is deleted when
 the next `Checkpointer` opens the directory (`cleanup_tmp_directories`), or
-when that step is saved again.
+when that step is saved again. An OSError while writing (a full disk) is
+`CheckpointWriteError`, naming the intact step a rerun resumes from.
 
 Corruption. A finalized step can still be damaged later (a full disk,
 a copy that stopped half-way, bit rot). `restore_latest` detects this when
@@ -69,6 +70,10 @@ _MAX_LISTED = 3  # differences named in one error message
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint on disk does not fit the state it is restored into."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (e.g. disk full); the previous one is intact."""
 
 
 class CheckpointCorruptError(RuntimeError):
@@ -256,14 +261,27 @@ class Checkpointer:
       # Fail here, with the cause, rather than inside orbax's writer thread.
       raise TypeError(f"extra must be JSON-serialisable: {e}") from e
     checksums = leaf_checksums(state)
-    # force=True: whether to save is decided above, not by orbax's interval.
-    saved = self._mgr.save(
-        int(step), force=True,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                extra=ocp.args.JsonSave(extra)),
-        custom_metadata={_CHECKSUM_KEY: checksums})
-    if not self.async_save:
-      self._mgr.wait_until_finished()
+    try:
+      # force=True: whether to save is decided above, not by orbax's interval.
+      saved = self._mgr.save(
+          int(step), force=True,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  extra=ocp.args.JsonSave(extra)),
+          custom_metadata={_CHECKSUM_KEY: checksums})
+      if not self.async_save:
+        self._mgr.wait_until_finished()
+    except OSError as e:
+      # The step was being written under a temporary name, so the committed
+      # steps are untouched; say which one a rerun resumes from.
+      prev = [s for s in self.all_steps() if s != step]
+      where = (f"the checkpoint of step {prev[-1]} is intact and a rerun resumes from it"
+               if prev else "no earlier checkpoint exists")
+      err = CheckpointWriteError(
+          f"could not write the checkpoint of step {step} in {self.directory} "
+          f"({_first_line(e)}); {where}; free space (or fix the directory) and run the "
+          "same command again.")
+      err.errno = e.errno
+      raise err from e
     return bool(saved)
 
   def _restore_step(self, step: int, template_state: PyTree):

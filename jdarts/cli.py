@@ -3,13 +3,27 @@
     jdarts search --config=configs/quickstart.py --workdir=runs/quickstart \
         [--config.key=value ...]
 
-Commands: `search` (architecture search). Errors a user can fix (bad config
-key or value, missing dataset, bad workdir) print one line and exit with 2.
+Exit status and what the user sees:
+
+* 0: done.
+* 2: an error the user can fix (bad config file, key or value, missing or bad
+  data, bad workdir, a checkpoint of another model): one line naming what is
+  wrong and the fix.
+* 1: the run failed while running: a NaN/inf loss, or a checkpoint that
+  could not be written (e.g. disk full); one line naming the step and the last
+  good checkpoint.
+* 3: anything unexpected (a bug): one line plus the path of a log file
+  holding the full traceback (`workdir/jdarts-error.log`, or a temporary file
+  when there is no workdir); `--debug` also prints the traceback.
+* 128+N: stopped by signal N (SIGTERM, SIGINT) after saving a checkpoint.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
+import traceback
 from typing import List, Optional
 
 COMMANDS = ("search", "hypergrad", "summary", "train")
@@ -33,6 +47,9 @@ commands:
            DIR/metrics.jsonl, DIR/summary.json, DIR/genotype.json, DIR/config.json and
            DIR/checkpoints/ (a rerun in DIR resumes)
 
+--debug prints the traceback of an unexpected error (it is always written to
+DIR/jdarts-error.log, or a temporary file without a workdir).
+
 example:
   jdarts search --config=configs/quickstart.py --workdir=runs/quickstart
 """
@@ -47,6 +64,10 @@ def _parse(argv: List[str], require_workdir: bool = True):
   from absl import flags
   from ml_collections import config_flags
 
+  from jdarts import config_lib
+  for a in argv:  # the file's own problems in one line, before the flag parser sees it
+    if a.startswith("--config="):
+      config_lib.check_config_file(a[len("--config="):])
   fv = flags.FlagValues()
   # sys_argv: config_flags finds the --config.key overrides to define in it;
   # by default it reads sys.argv, which is wrong when main() gets its own argv.
@@ -61,7 +82,13 @@ def _parse(argv: List[str], require_workdir: bool = True):
     raise UsageError(_one_line(e)) from None
   except (KeyError, AttributeError, ValueError, TypeError) as e:
     # ml_collections reports unknown override keys and type mismatches this way.
-    raise UsageError(f"bad --config override: {_one_line(e)}") from None
+    # ml_collections wraps a KeyError (whose str() is a repr) in an AttributeError;
+    # the innermost message reads better.
+    msg = e
+    while isinstance(msg, BaseException) and msg.args and (
+        isinstance(msg, KeyError) or isinstance(msg.args[0], BaseException)):
+      msg = msg.args[0]
+    raise UsageError(f"bad --config override: {_one_line(msg)}") from None
   if fv.config is None:
     raise UsageError("--config is required, e.g. --config=configs/quickstart.py.")
   if not fv.workdir and require_workdir:
@@ -84,8 +111,9 @@ class _StderrHandler(logging.StreamHandler):
     pass
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line(e) -> str:
   msg = str(e).strip().strip('"').replace("\n", " ")
+  msg = " ".join(msg.split())  # one line, however the message was wrapped
   return msg[:500] if msg else type(e).__name__
 
 
@@ -110,6 +138,10 @@ def main(argv: Optional[List[str]] = None) -> int:
   from jdarts import config_lib
   from jdarts.data import DataError, DatasetNotFoundError
   from jdarts.checkpoint import CheckpointCorruptError, CheckpointMismatchError
+  from jdarts.checkpoint import CheckpointWriteError
+  debug = "--debug" in rest
+  rest = [a for a in rest if a != "--debug"]
+  workdir = None
   try:
     as_json = command == "summary" and "--json" in rest
     if command == "summary":
@@ -130,7 +162,42 @@ def main(argv: Optional[List[str]] = None) -> int:
   except KeyError as e:  # registry lookups: unknown operation / space / dataset
     print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
     return 2
+  except CheckpointWriteError as e:  # e.g. disk full; the previous checkpoint is intact
+    print(f"jdarts {command}: error: {_one_line(e)}", file=sys.stderr)
+    return 1
+  except Exception as e:  # a bug: one line and where the traceback is, never a wall of text
+    path = _write_error_log(command, workdir, argv)
+    print(f"jdarts {command}: unexpected error: {type(e).__name__}: {_one_line(e)[:300]}; "
+          f"full traceback in {path} (--debug prints it); please report it.",
+          file=sys.stderr)
+    if debug:
+      traceback.print_exc(file=sys.stderr)
+    return 3
   return 0
+
+
+def _write_error_log(command: str, workdir: Optional[str], argv: List[str]) -> str:
+  """Writes the current exception's traceback to a log file and returns its path.
+
+  `workdir/jdarts-error.log` (appended) when the workdir is a directory, else a
+  new temporary file; '<unwritable>' if neither can be written.
+  """
+  text = (f"$ jdarts {' '.join(argv)}\n{traceback.format_exc()}\n")
+  if workdir and os.path.isdir(workdir):
+    path = os.path.join(workdir, "jdarts-error.log")
+    try:
+      with open(path, "a") as f:
+        f.write(text)
+      return path
+    except OSError:
+      pass  # an unwritable workdir: fall through to a temporary file
+  try:
+    fd, path = tempfile.mkstemp(prefix=f"jdarts-{command}-error-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return path
+  except OSError:
+    return "<unwritable>"
 
 
 def _run_loop(command: str, config, workdir: str) -> int:

@@ -8,11 +8,64 @@ the fix. This module imports nothing of jdarts: everything may raise its error.
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
+import os
+
 import ml_collections
 
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and the fix."""
+
+
+def check_config_file(spec: str) -> None:
+  """Raises ConfigError in one line unless `spec` ('path[:arg]') loads a config.
+
+  Checks, in order, what a new user gets wrong with a config file: the path
+  does not exist, is a directory or cannot be read; the file has a syntax
+  error; it defines no `get_config`; `get_config(arg)` raises or returns
+  something that is not a ConfigDict. The file is executed once here, so a
+  config must be side-effect free (it is code, executed again by the flag
+  parser).
+
+  Args:
+    spec: the value of `--config`, e.g. 'configs/quickstart.py:debug'.
+  """
+  path, _, arg = spec.partition(":")
+  hint = "give a configs/*.py file defining get_config(), e.g. --config=configs/quickstart.py"
+  if not os.path.exists(path):
+    raise ConfigError(f"--config={path}: no such file; {hint}.")
+  if os.path.isdir(path):
+    raise ConfigError(f"--config={path} is a directory; {hint}.")
+  try:
+    with open(path, "rb") as f:
+      source = f.read()
+  except OSError as e:
+    raise ConfigError(f"--config={path} cannot be read ({e.strerror or e}); check its "
+                      "permissions.") from None
+  try:
+    tree = ast.parse(source, filename=path)
+  except (SyntaxError, ValueError) as e:
+    where = f"{path}:{getattr(e, 'lineno', '?')}"
+    raise ConfigError(f"--config={path}: syntax error at {where}: "
+                      f"{getattr(e, 'msg', e)}; fix the file.") from None
+  if not any(isinstance(n, ast.FunctionDef) and n.name == "get_config" for n in tree.body):
+    raise ConfigError(f"--config={path} defines no get_config(); a config file is "
+                      "'def get_config(): return ml_collections.ConfigDict(...)'.")
+  mod_spec = importlib.util.spec_from_file_location("jdarts_config_check", path)
+  module = importlib.util.module_from_spec(mod_spec)
+  try:
+    mod_spec.loader.exec_module(module)
+    cfg = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # the user's code: any error is theirs to fix
+    msg = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+    call = f"get_config({arg!r})" if arg else "get_config()"
+    raise ConfigError(f"--config={spec}: {call} raised {type(e).__name__}"
+                      f"{': ' + msg[:300] if msg else ''}.") from None
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise ConfigError(f"--config={spec}: get_config() returned {type(cfg).__name__}; it "
+                      "must return an ml_collections.ConfigDict.")
 
 
 def search_defaults() -> ml_collections.ConfigDict:

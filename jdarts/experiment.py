@@ -15,6 +15,7 @@ from typing import Any, Dict, NamedTuple, Optional
 import jax
 
 from jdarts import data as data_lib
+from jdarts.data import config_check as data_check
 from jdarts import hypergrad
 from jdarts import optim
 from jdarts import runs
@@ -35,27 +36,30 @@ def validate(cfg) -> None:
   One line each: the key, what it got, what would work. Runs before any data
   is read or anything compiled.
   """
+  _need("space" in cfg and "arch" in cfg, "this is not a search config (it has no 'space' "
+        "or 'arch' block; configs/train_*.py are for `jdarts train`); use e.g. "
+        "--config=configs/quickstart.py.")
   runs.validate_blocks(cfg)
   runs.check_int(cfg, "hypergrad_probe_every", 0, " (0: off)")
   tp = cfg.data.train_portion
   _need(isinstance(tp, (int, float)) and 0.0 < tp < 1.0,
         f"data.train_portion must be in (0, 1), got {tp!r}.")
-  _need(cfg.data.name in data_lib.DATASETS, f"data.name={cfg.data.name!r} is unknown; "
-        f"choose one of {', '.join(sorted(data_lib.DATASETS))}.")
-  _need(cfg.space in spaces.SPACES or _builtin_space(cfg.space),
-        f"space={cfg.space!r} is unknown; choose one of "
-        f"{', '.join(sorted(set(spaces.SPACES.names()) | set(spaces.BUILTIN)))}.")
-  spaces.space_class(cfg.space).validate_config(_plain(cfg.model))
+  data_check.validate_block(cfg.data)
+  validate_space(cfg)
   optim.validate_weight(cfg.optim)
   optim.validate_arch(cfg.arch)
   a = cfg.arch
   _need(a.method in hypergrad.ESTIMATORS, f"arch.method={a.method!r} is unknown; choose "
         f"one of {', '.join(hypergrad.ESTIMATORS.names())}.")
-  try:  # the estimator's own checks; the step supplies the real xi
-    hypergrad.options(a.method, xi=1.0,
-                      **search_lib.estimator_options(a, cfg.optim.weight_decay))
-  except ValueError as e:
-    raise ConfigError(f"arch.{e}") from None
+  # Every estimator checks the settings it reads, the chosen method first; the
+  # others too, so a bad arch.fd_eps is refused even while method=first_order
+  # ignores it (it would surface later, in `jdarts hypergrad` or a probe).
+  for method in [a.method] + [m for m in hypergrad.ESTIMATORS.names() if m != a.method]:
+    try:  # the step supplies the real xi
+      hypergrad.options(method, xi=1.0,
+                        **search_lib.estimator_options(a, cfg.optim.weight_decay))
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"arch.{e}") from None
   kind = a.get("step_kind", "auto")
   _need(kind == "auto" or kind in search_lib.STEP_KINDS, f"arch.step_kind={kind!r} is "
         f"unknown; choose 'auto' or one of {', '.join(search_lib.STEP_KINDS.names())}.")
@@ -63,6 +67,14 @@ def validate(cfg) -> None:
         f"arch.virtual_step must be 'optimizer' or 'sgd', got {a.virtual_step!r}.")
   _need(isinstance(a.xi, (int, float)) and math.isfinite(a.xi),
         f"arch.xi must be a finite number (< 0: the weights' learning rate), got {a.xi!r}.")
+
+
+def validate_space(cfg) -> None:
+  """ConfigError for an unknown `space` or a bad `model` block (the space's own checks)."""
+  _need(cfg.space in spaces.SPACES or _builtin_space(cfg.space),
+        f"space={cfg.space!r} is unknown; choose one of "
+        f"{', '.join(sorted(set(spaces.SPACES.names()) | set(spaces.BUILTIN)))}.")
+  spaces.space_class(cfg.space).validate_config(_plain(cfg.model))
 
 
 def _builtin_space(name: str) -> bool:

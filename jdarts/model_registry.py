@@ -14,6 +14,7 @@ A network is called as `net.apply(variables, images, train=..., ...)` with
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Dict, Mapping, Sequence
 
 import flax.linen as nn
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 
 from jdarts import genotypes as genotypes_lib
 from jdarts import ops
+from jdarts.config_lib import ConfigError
 from jdarts.registry import Registry
 
 MODELS = Registry("evaluation model")
@@ -38,6 +40,37 @@ def _get(cfg, key, default):
   if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
     return cfg.get(key, default)
   return getattr(cfg, key, default)
+
+
+def validate_config(cfg) -> None:
+  """Raises ConfigError naming the first bad key of an evaluation `model` block.
+
+  The keys every registered network reads: name, init_channels, layers,
+  stem_multiplier, auxiliary, drop_path_prob, bn_momentum, depthwise.
+  """
+  name = _get(cfg, "name", "cifar")
+  if name not in MODELS:
+    raise ConfigError(f"model.name={name!r} is unknown; choose one of "
+                      f"{', '.join(MODELS.names())}.")
+  for key, low, hint in (("init_channels", 1, " (paper: 36 on CIFAR-10, 48 on ImageNet)"),
+                         ("layers", 1, " (paper: 20 cells on CIFAR-10, 14 on ImageNet)"),
+                         ("stem_multiplier", 1, " (reference: 3)")):
+    v = _get(cfg, key, low)
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+      raise ConfigError(f"model.{key} must be an integer >= {low}{hint}, got {v!r}.")
+  aux = _get(cfg, "auxiliary", False)
+  if not isinstance(aux, bool):
+    raise ConfigError(f"model.auxiliary must be True or False, got {aux!r}.")
+  for key, default, hint in (("drop_path_prob", 0.0, " (paper: 0.2)"),
+                             ("bn_momentum", 0.9, " (PyTorch's 0.1 is 0.9 here)")):
+    v = _get(cfg, key, default)
+    if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        or not 0.0 <= v < 1.0):
+      raise ConfigError(f"model.{key} must be a number in [0, 1){hint}, got {v!r}.")
+  depthwise = _get(cfg, "depthwise", "auto")
+  if depthwise not in ops.DEPTHWISE_IMPLS:
+    raise ConfigError(f"model.depthwise={depthwise!r}; choose one of "
+                      f"{', '.join(ops.DEPTHWISE_IMPLS)}.")
 
 
 def op_options(cfg, bn_axis_name=None) -> ops.OpOptions:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from jdarts.model_registry import (AUXILIARY, INIT_COMPILER_OPTIONS, MODELS, abstract_variables,
                                    build_model, count_params, init_variables, op_options,
-                                   without_axis_name)
+                                   validate_config, without_axis_name)
 from jdarts.spaces.darts_cnn import evaluation  # noqa: F401  (registers 'cifar', 'imagenet')
 
 __all__ = ["MODELS", "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
-           "abstract_variables", "count_params", "op_options", "without_axis_name"]
+           "abstract_variables", "count_params", "op_options", "validate_config",
+           "without_axis_name"]

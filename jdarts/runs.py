@@ -93,22 +93,107 @@ def write_json(path: str, obj) -> None:
 
 
 def prepare_workdir(workdir: str) -> str:
-  """Creates `workdir` if needed; a path that exists but is not a directory is an error."""
+  """Creates `workdir` if needed and checks that files can be written in it.
+
+  Raises:
+    ConfigError: no workdir given, a path that exists and is not a directory,
+      a directory that cannot be created (e.g. below a regular file, or on a
+      read-only file system), or one where a file cannot be written.
+  """
   if not workdir:
     raise ConfigError("--workdir is required, e.g. --workdir=runs/quickstart.")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir={workdir} exists and is not a directory; "
                       "choose another path.")
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir} cannot be created ({e.strerror or e}); "
+                      "choose a path in a writable directory.") from None
+  probe = os.path.join(workdir, f".jdarts-write-test-{os.getpid()}")
+  try:  # permission bits do not tell (root, ACLs, read-only mounts): try it
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir} is not writable ({e.strerror or e}); "
+                      "fix its permissions or choose another path.") from None
   return workdir
 
 
+# Config keys (dotted; a trailing '.' is a whole block) a rerun in the same
+# workdir may change: they do not change what the checkpoint holds or the
+# numbers the run computes, only how long it runs, what it prints and where
+# it finds things. Anything else differing means another experiment.
+RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir",
+                    "checkpoint.", "parallel.num_devices", "parallel.backend",
+                    "data.data_dir", "data.num_threads", "data.worker_count", "hypergrad.",
+                    "hypergrad_probe_every", "eval_batch_size", "eval_every_epochs")
+
+
+def _flatten(tree, prefix: str = "") -> Dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_same_experiment(workdir: str, config_json: Dict[str, Any]) -> None:
+  """Refuses a workdir that holds another experiment's run.
+
+  A workdir whose `config.json` differs from `config_json` in a key outside
+  `RESUME_SAFE_KEYS` is refused once it holds results (`metrics.jsonl` or a
+  checkpoint): resuming would mix two experiments. A workdir without results
+  (e.g. a run that stopped at a data error) is reused.
+
+  Raises:
+    ConfigError: naming the differing keys (old -> new) and the fixes.
+  """
+  path = os.path.join(workdir, "config.json")
+  ckpts = os.path.join(workdir, "checkpoints")
+  has_results = (os.path.exists(os.path.join(workdir, "metrics.jsonl")) or
+                 (os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))))
+  if not (os.path.isfile(path) and has_results):
+    return
+  try:
+    with open(path) as f:
+      old = _flatten(json.load(f))
+  except (OSError, ValueError):
+    return  # unreadable: the checkpoint's own structure check still guards the resume
+  new = _flatten(config_json)
+  safe = lambda k: any(k == s or (s.endswith(".") and k.startswith(s))
+                       for s in RESUME_SAFE_KEYS)
+  diff = [k for k in sorted(set(old) | set(new))
+          if not safe(k) and old.get(k, "<unset>") != new.get(k, "<unset>")]
+  if diff:
+    shown = ", ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+                      for k in diff[:4])
+    more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+    raise ConfigError(
+        f"--workdir={workdir} holds a run of another config ({shown}{more}); use a new "
+        "--workdir, or the same values to resume it (only "
+        f"{', '.join(k.rstrip('.') for k in RESUME_SAFE_KEYS[:3])}, ... may change).")
+
+
 def enable_compilation_cache(path: str) -> None:
-  """Persists compiled XLA programs, so a repeated or resumed run skips compiling."""
+  """Persists compiled XLA programs, so a repeated or resumed run skips compiling.
+
+  The cache only saves time: a directory that cannot be created is a warning,
+  and the run goes on without it.
+  """
   if not path:
     return
   path = os.path.expanduser(path)
-  os.makedirs(path, exist_ok=True)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    log.warning("compilation_cache_dir=%s cannot be created (%s); running without the "
+                "compilation cache (set --config.compilation_cache_dir='' to silence this)",
+                path, e.strerror or e)
+    return
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -201,8 +286,10 @@ class Run:
     self.bar = None
     self._pending: List[Tuple[int, Any]] = []
     self._on_fetch: Optional[Callable] = None
+    config_json = json.loads(cfg.to_json_best_effort())
+    check_same_experiment(workdir, config_json)
     if self.main:
-      write_json(os.path.join(workdir, "config.json"), json.loads(cfg.to_json_best_effort()))
+      write_json(os.path.join(workdir, "config.json"), config_json)
 
   def path(self, name: str) -> str:
     return os.path.join(self.workdir, name)

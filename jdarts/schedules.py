@@ -106,6 +106,8 @@ def validate(optim_cfg) -> None:
     raise ConfigError(f"optim.schedule={name!r} is unknown; choose one of "
                       f"{', '.join(SCHEDULES.names())}.")
   _finite(optim_cfg, "learning_rate", strict=True)
+  if "lr_decay" in optim_cfg:  # read by exponential_by_epoch only, but never silently bad
+    _finite(optim_cfg, "lr_decay", strict=True)
   check = SCHEDULES.get(name).validate
   if check is not None:
     check(optim_cfg)

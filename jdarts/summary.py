@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from jdarts import config_lib
 from jdarts import data as data_lib
+from jdarts.data import config_check as data_check
 from jdarts import experiment
 from jdarts import genotypes
 from jdarts import models
@@ -210,11 +211,28 @@ def format_summary(s: Dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def _validate(cfg) -> None:
+  """The checks of `jdarts train` / `jdarts search` on the model it sizes (ConfigError).
+
+  Only the blocks the summary reads: the model (and genotype) of a train
+  config, the space's model block and the dataset of a search config.
+  """
+  model = cfg.get("model", None)
+  if model is not None and model.get("name", None) is not None:
+    models.validate_config(model)
+    return
+  if cfg.get("space", None) is not None:
+    if cfg.get("data", None) is not None:
+      data_check.validate_block(cfg.data)
+    experiment.validate_space(cfg)
+
+
 def run(cfg, as_json: bool = False) -> str:
   """What `jdarts summary` prints: `format_summary`, or one JSON object.
 
   The JSON object has the keys of `summarize` (params, params_total,
   mult_adds, and a description of the model).
   """
+  _validate(cfg)
   s = summarize(cfg)
   return json.dumps(s) if as_json else format_summary(s)

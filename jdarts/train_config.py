@@ -10,15 +10,17 @@ reference code quark0/darts `cnn/train.py` / `cnn/train_imagenet.py`.
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from jdarts import data as data_lib
 from jdarts import genotypes
 from jdarts import models
-from jdarts import ops
 from jdarts import optim
 from jdarts import runs
 from jdarts.config_lib import ConfigError
+from jdarts.data import config_check as data_check
 
 DTYPES = ("float32", "bfloat16")
 
@@ -96,24 +98,30 @@ def validate(c) -> None:
     if not ok:
       raise ConfigError(msg)
 
+  def number(v, low, high):  # finite, in [low, high)
+    return (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+            and low <= v < high)
+
+  need("genotype" in c and "loss" in c, "this is not a train config (it has no 'genotype' "
+       "or 'loss' key; search configs are for `jdarts search`); use e.g. "
+       "--config=configs/train_quickstart.py.")
   runs.validate_blocks(c)
-  need(c.model.name in models.MODELS, f"model.name={c.model.name!r} is unknown; choose "
-       f"one of {', '.join(models.MODELS.names())}.")
-  need(c.eval_batch_size >= 0, f"eval_batch_size must be >= 0, got {c.eval_batch_size}.")
-  need(0.0 <= c.model.drop_path_prob < 1.0,
-       f"model.drop_path_prob must be in [0, 1), got {c.model.drop_path_prob}.")
+  models.validate_config(c.model)
+  runs.check_int(c, "eval_batch_size", 0, " (0: batch_size)")
+  runs.check_int(c, "eval_every_epochs", 1)
   need(c.drop_path_schedule in ("linear", "constant"), "drop_path_schedule must be "
        f"'linear' or 'constant', got {c.drop_path_schedule!r}.")
-  need(0.0 <= c.data.valid_portion < 1.0,
-       f"data.valid_portion must be in [0, 1), got {c.data.valid_portion}.")
+  need(number(c.data.valid_portion, 0.0, 1.0),
+       f"data.valid_portion must be in [0, 1), got {c.data.valid_portion!r}.")
   optim.validate_weight(c.optim)
-  need(c.loss.auxiliary_weight >= 0, "loss.auxiliary_weight must be >= 0.")
-  need(0.0 <= c.loss.label_smoothing < 1.0, "loss.label_smoothing must be in [0, 1).")
-  need(c.model.depthwise in ops.DEPTHWISE_IMPLS, f"model.depthwise={c.model.depthwise!r}; "
-       f"choose one of {ops.DEPTHWISE_IMPLS}.")
+  need(number(c.loss.auxiliary_weight, 0.0, math.inf), "loss.auxiliary_weight must be a "
+       f"finite number >= 0 (paper: 0.4), got {c.loss.auxiliary_weight!r}.")
+  need(number(c.loss.label_smoothing, 0.0, 1.0), "loss.label_smoothing must be in [0, 1) "
+       f"(0: off; 0.1 for ImageNet), got {c.loss.label_smoothing!r}.")
   need(c.dtype in DTYPES, f"dtype={c.dtype!r}; choose one of {', '.join(DTYPES)}.")
-  need(c.data.num_threads >= 0 and c.data.worker_count >= 0,
-       "data.num_threads and data.worker_count must be >= 0.")
+  runs.check_int(c.data, "num_threads", 0, "", "data.")
+  runs.check_int(c.data, "worker_count", 0, "", "data.")
+  data_check.validate_block(c.data)
   for name in [c.data.name] + extra_test_sets(c):
     need(name in data_lib.DATASETS, f"dataset {name!r} (data.name / data.extra_test_sets) "
          f"is unknown; choose from {', '.join(sorted(data_lib.DATASETS))}.")

@@ -142,6 +142,11 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     train_it.set_state(extra["train_iter"])
     loop.update(extra.get("loop", {}))
   start = int(state.step)
+  if r.main:
+    # Rows after the checkpoint (or of an earlier run, when starting at 0) belong
+    # to steps this run replays; without this a killed run logs them twice.
+    runs.trim_jsonl(r.path("metrics.jsonl"),
+                    lambda row: row.get("kind") != "final" and row.get("step", 0) <= start)
   state = step_fn.put_state(state)
   eval_step = jax.jit(train_lib.make_eval_step(models.without_axis_name(net)))
   eval_batch = cfg.eval_batch_size or cfg.batch_size
