@@ -40,7 +40,6 @@ import jax.numpy as jnp
 from jdarts import config_lib
 from jdarts import data as data_lib
 from jdarts import experiment
-from jdarts import genotypes
 from jdarts import models
 from jdarts import ops
 
@@ -123,7 +122,7 @@ def _counting_opts(opts):
 def load_config_genotype(cfg):
   """The genotype a train config names (`cfg.genotype`), errors as ConfigError."""
   try:
-    return genotypes.load_genotype(cfg.get("genotype", "DARTS_V2"))
+    return models.load_genotype(cfg.model.get("name", "cifar"), cfg.get("genotype", "DARTS_V2"))
   except ValueError as e:
     raise config_lib.ConfigError(f"genotype: {e}") from None
 

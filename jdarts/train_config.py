@@ -13,7 +13,6 @@ from __future__ import annotations
 import ml_collections
 
 from jdarts import data as data_lib
-from jdarts import genotypes
 from jdarts import models
 from jdarts import ops
 from jdarts import optim
@@ -118,6 +117,6 @@ def validate(c) -> None:
     need(name in data_lib.DATASETS, f"dataset {name!r} (data.name / data.extra_test_sets) "
          f"is unknown; choose from {', '.join(sorted(data_lib.DATASETS))}.")
   try:
-    genotypes.load_genotype(c.genotype)
+    models.load_genotype(c.model.name, c.genotype)
   except ValueError as e:
     raise ConfigError(f"genotype: {e}") from None
