@@ -8,6 +8,11 @@ here. This module sits below every space, so a space can import it without
 a cycle; `jdarts.models` is the entry point that also loads the built-in
 networks.
 
+A space whose genotypes are not DARTS `Genotype`s registers how to read
+them in `GENOTYPE_LOADERS[model name]` (spec -> genotype, ValueError on bad
+input) and how to write genotype.json in `GENOTYPE_JSON`; `load_genotype`
+picks the right one for a config's `model.name`.
+
 A network is called as `net.apply(variables, images, train=..., ...)` with
 `variables = {'params', 'batch_stats'}` and returns `(logits, logits_aux)`.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,6 +32,10 @@ from jdarts.config_lib import ConfigError
 from jdarts.registry import Registry
 
 MODELS = Registry("evaluation model")
+# model name -> spec -> genotype, and genotype -> JSON dict, for networks whose
+# genotypes are not DARTS `Genotype`s (e.g. 'nb201': NAS-Bench-201 strings).
+GENOTYPE_LOADERS: Dict[str, Callable] = {}
+GENOTYPE_JSON: Dict[str, Callable] = {}
 
 # Name of the auxiliary head's parameter subtree; excluded from `params` as
 # the reference excludes parameter names containing 'auxiliary'.
@@ -81,6 +90,12 @@ def op_options(cfg, bn_axis_name=None) -> ops.OpOptions:
                        dtype=jnp.dtype(_get(cfg, "dtype", "float32")))
 
 
+def load_genotype(model_name: str, spec):
+  """The genotype `spec` names, read as the network `model_name` needs (ValueError if bad)."""
+  loader = GENOTYPE_LOADERS.get(model_name, genotypes_lib.load_genotype)
+  return loader(spec)
+
+
 def build_model(cfg, num_classes: int, *, bn_axis_name=None, genotype=None) -> nn.Module:
   """An evaluation network from a config's `model` block.
 
@@ -97,7 +112,7 @@ def build_model(cfg, num_classes: int, *, bn_axis_name=None, genotype=None) -> n
     The Flax module.
   """
   if genotype is None:
-    genotype = genotypes_lib.load_genotype(_get(cfg, "genotype", "DARTS_V2"))
+    genotype = load_genotype(_get(cfg, "name", "cifar"), _get(cfg, "genotype", "DARTS_V2"))
   return MODELS.get(_get(cfg, "name", "cifar"))(cfg, num_classes, genotype,
                                                  op_options(cfg, bn_axis_name))
 
@@ -139,5 +154,5 @@ def count_params(params) -> Dict[str, int]:
   return {"params": total - aux, "params_total": total}
 
 
-__all__ = ["MODELS", "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
+__all__ = ["MODELS", "GENOTYPE_LOADERS", "GENOTYPE_JSON", "load_genotype", "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
            "abstract_variables", "count_params", "op_options", "without_axis_name"]

@@ -15,6 +15,12 @@ built for a step kind of `STEP_KINDS`:
 * 'fused_first_order': 'bilevel' with `first_order`, both half-steps in one
   two-iteration `lax.scan` (same numbers, less compile time, slow on XLA:CPU).
 
+With `grad_correlation=True` the step also reports `grad_correlation`, the
+cosine between the alpha gradients of the training loss on the training batch
+and of the validation loss on the validation batch, both at the state before
+the step (Single-DARTS sec. 5.2.1: near zero for bi-level DARTS); it costs two
+extra backward passes, so it is opt-in.
+
 It is written once in per-device form: with `axis_name` set, gradients and
 metrics are averaged over that device axis, so the same function runs under
 `jax.jit` on one device or `jax.pmap`/`shard_map` on many. It sees the space
@@ -296,8 +302,29 @@ def _fused_first_order(ctx: StepContext) -> Callable:
   return step
 
 
+def grad_correlation(space, state: SearchState, train_batch, val_batch,
+                     axis_name: Optional[str] = None) -> jnp.ndarray:
+  """cos(grad_alpha L_train(train batch), grad_alpha L_val(val batch)) at `state` (sec. 5.2.1).
+
+  Uses the step's own keys and carries, so it sees the functions the step sees;
+  under a device map the gradients are averaged over `axis_name` first.
+  """
+  k_val, k_train = step_keys(state, axis_name)
+  c_train, c_val = _carries(state)
+
+  def grad(key, carry, batch):
+    loss = bind_loss(space, key, carry)
+    return jax.grad(lambda a: loss(state.params, a, batch)[0])(state.alphas)
+  g_t = _pmean(grad(k_train, c_train, train_batch), axis_name)
+  g_v = _pmean(grad(k_val, c_val, val_batch), axis_name)
+  dot = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(g_t),
+                                          jax.tree_util.tree_leaves(g_v)))
+  return (dot / jnp.maximum(_norm(g_t) * _norm(g_v), 1e-30)).astype(jnp.float32)
+
+
 def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
-                     axis_name: Optional[str] = None, weight_decay: float = 0.0) -> Callable:
+                     axis_name: Optional[str] = None, weight_decay: float = 0.0,
+                     log_grad_correlation: bool = False) -> Callable:
   """Builds the per-device search step `(state, train_batch, val_batch) -> (state, metrics)`.
 
   Args:
@@ -314,15 +341,24 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
     axis_name: device axis to average gradients, metrics and (if the space
       was built with it) BatchNorm moments over; None on one device.
     weight_decay: `optim.weight_decay`, for the implicit estimators' Hessian.
+    log_grad_correlation: also report `grad_correlation` (`grad_correlation`).
 
   Returns:
     The step function; metrics are float32 scalars: train_loss, val_loss,
     train_<m> and val_<m> for each of `space.metric_names`, lr, grad_norm,
-    alpha_grad_norm.
+    alpha_grad_norm (and grad_correlation when asked).
   """
   if arch_cfg.method not in hypergrad.ESTIMATORS:
     raise ValueError(f"Unknown arch.method {arch_cfg.method!r}; choose one of "
                      f"{', '.join(hypergrad.ESTIMATORS.names())}.")
   build = STEP_KINDS.get(step_kind_for(arch_cfg))
-  return build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name,
-                           float(weight_decay or 0.0)))
+  inner = build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name,
+                            float(weight_decay or 0.0)))
+  if not log_grad_correlation:
+    return inner
+
+  def step(state, train_batch, val_batch):
+    corr = grad_correlation(space, state, train_batch, val_batch, axis_name)
+    new, metrics = inner(state, train_batch, val_batch)
+    return new, {**metrics, "grad_correlation": corr}
+  return step

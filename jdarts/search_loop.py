@@ -7,6 +7,7 @@ search step on the run skeleton (`jdarts.runs.Run`) and writes to `workdir`:
 * `metrics.jsonl`    one JSON object per log interval / epoch / final evaluation;
 * `genotype.json`    the derived genotype, rewritten every epoch and at the end;
 * `alphas.json`      every alpha array as nested lists, keyed by name;
+* `alpha_history.jsonl` one row per epoch: step, epoch, genotype JSON, alphas;
 * `summary.json`     final held-out metrics of the supernet (search-val, test);
 * `hypergrad_probe.jsonl` with `hypergrad_probe_every > 0`: every estimator
   of `hypergrad.methods` against `hypergrad.reference` on the state and batches
@@ -26,6 +27,7 @@ writes logs and outputs; all of them write their part of the checkpoints.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -85,7 +87,9 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   schedule, w_opt, a_opt, state = experiment.init_search(cfg, space, spe)
   step_fn = r.parallel_step(
       search_lib.make_search_step(space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis,
-                                  weight_decay=cfg.optim.weight_decay),
+                                  weight_decay=cfg.optim.weight_decay,
+                                  log_grad_correlation=bool(cfg.get("log_grad_correlation",
+                                                                    False))),
       num_devices, global_devices, num_batches=2)
 
   # Host (numpy) values: one copy, written by the primary process; device
@@ -104,6 +108,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     runs.trim_jsonl(r.path("metrics.jsonl"),
                     lambda row: row.get("kind") != "final" and row.get("step", 0) <= start)
     runs.trim_jsonl(probe_path, lambda row: row.get("step", 0) < start)
+    runs.trim_jsonl(r.path("alpha_history.jsonl"), lambda row: row.get("step", 0) <= start)
   # Held-out evaluation runs on one device, with batch statistics of its batch.
   eval_space = experiment.build_space(cfg, data.info)
   eval_step = jax.jit(evaluation.make_eval_step(eval_space))
@@ -139,6 +144,12 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       alphas = jax.device_get(step_fn.get_state(state).alphas)
       if r.main:
         genotype = save_outputs(workdir, space, alphas)
+        # The architecture over the search (collapse diagnostics, e.g. Single-DARTS
+        # sec. 5.2: parameter-free operations taking over).
+        with open(r.path("alpha_history.jsonl"), "a") as f:
+          f.write(json.dumps({"step": int(step), "epoch": step / spe,
+                              "genotype": space.genotype_json(genotype),
+                              "alphas": runs.to_jsonable(alphas)}) + "\n")
         r.say(f"epoch {step / spe:.2f} genotype: {space.format_genotype(genotype)}")
 
   state, step, compile_seconds = r.steps(

@@ -41,7 +41,6 @@ from jdarts import config_lib
 from jdarts import data as data_lib
 from jdarts.data import config_check as data_check
 from jdarts import experiment
-from jdarts import genotypes
 from jdarts import models
 from jdarts import ops
 
@@ -124,7 +123,7 @@ def _counting_opts(opts):
 def load_config_genotype(cfg):
   """The genotype a train config names (`cfg.genotype`), errors as ConfigError."""
   try:
-    return genotypes.load_genotype(cfg.get("genotype", "DARTS_V2"))
+    return models.load_genotype(cfg.model.get("name", "cifar"), cfg.get("genotype", "DARTS_V2"))
   except ValueError as e:
     raise config_lib.ConfigError(f"genotype: {e}") from None
 

@@ -15,7 +15,6 @@ import math
 import ml_collections
 
 from jdarts import data as data_lib
-from jdarts import genotypes
 from jdarts import models
 from jdarts import optim
 from jdarts import runs
@@ -126,6 +125,6 @@ def validate(c) -> None:
     need(name in data_lib.DATASETS, f"dataset {name!r} (data.name / data.extra_test_sets) "
          f"is unknown; choose from {', '.join(sorted(data_lib.DATASETS))}.")
   try:
-    genotypes.load_genotype(c.genotype)
+    models.load_genotype(c.model.name, c.genotype)
   except ValueError as e:
     raise ConfigError(f"genotype: {e}") from None

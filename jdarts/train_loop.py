@@ -102,8 +102,10 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   train_config.validate(cfg)
   r = runs.Run(cfg, workdir, "train", finite_keys=("loss",),
                nan_hint="lower optim.learning_rate.")
-  genotype = genotypes.load_genotype(cfg.genotype)
-  if r.main:
+  genotype = models.load_genotype(cfg.model.name, cfg.genotype)
+  if r.main and cfg.model.name in models.GENOTYPE_JSON:
+    runs.write_json(r.path("genotype.json"), models.GENOTYPE_JSON[cfg.model.name](genotype))
+  elif r.main:
     genotypes.save_genotype(genotype, r.path("genotype.json"))
 
   train_it, info, eval_sources = build_data(cfg, jax.process_index(), jax.process_count())

@@ -16,7 +16,8 @@ Typical use::
 Registered datasets: 'cifar10' (tfds or the python pickle files),
 'cifar10_1' (tfds, a second CIFAR-10 test set), 'imagenet2012' (tfds, with
 the reference's crop/flip/colour-jitter augmentation: `jdarts.data.imagenet`),
-'digits' (ships with scikit-learn) and 'synthetic'.
+'cifar100' and 'imagenet16_120' (NAS-Bench-201's other datasets:
+`jdarts.data.nb201_data`), 'digits' (ships with scikit-learn) and 'synthetic'.
 
 Bad data raises `DataError` (a ValueError) and missing data
 `DatasetNotFoundError` (a FileNotFoundError), each with a one-line message
@@ -44,6 +45,7 @@ from jdarts.data.sources import get_entry
 from jdarts.data.search_streams import build_search_data
 from jdarts.data import cifar  # registers 'cifar10', 'cifar10_1'  # noqa: E402
 from jdarts.data import imagenet  # registers 'imagenet2012'  # noqa: E402
+from jdarts.data import nb201_data  # registers 'cifar100', 'imagenet16_120'  # noqa: E402
 
 __all__ = [
     "ArraySource",
@@ -56,6 +58,7 @@ __all__ = [
     "cifar",
     "get_info",
     "imagenet",
+    "nb201_data",
     "load_source",
     "make_eval_iterator",
     "make_synthetic",

@@ -7,7 +7,10 @@ the paper's values as defaults (sec. 2.1, A.1.1):
   multiplier (nodes concatenated into a cell's output, 4), stem_multiplier (3),
   primitives (candidate names in `primitives.OPS`, alpha column order),
   mixing ('softmax' | 'sigmoid' | 'max_w' | any of `jdarts.mixing.MIXINGS`),
-  alpha_init_scale (std of the initial alphas' noise; 0: zeros),
+  alpha_init ('zeros' | 'uniform_weights' | a number: the initial logit,
+  `jdarts.mixing.initial_logit`; Single-DARTS sec. 4 starts sigmoid alphas
+  at -ln(|O| - 1)), alpha_init_scale (std of the initial alphas' noise;
+  0: none),
   depthwise (`jdarts.ops.DEPTHWISE_IMPLS`), dtype ('float32' | 'bfloat16' |
   'float64'), remat (recompute cells in the backward pass), batch_edges
   (compute edges per source state, `cells.BatchedSearchCell`; params in the
@@ -98,6 +101,7 @@ class DartsCNNSpace(SpaceBase):
   primitives: Sequence[str] = PRIMITIVES
   alpha_init_scale: float = 0.0
   image_shape: Tuple[int, ...] = (32, 32, 3)
+  alpha_init: Any = "zeros"
 
   name = "darts_cnn"
   metric_names = ("accuracy",)
@@ -125,6 +129,11 @@ class DartsCNNSpace(SpaceBase):
     if depthwise not in ops.DEPTHWISE_IMPLS:
       raise ConfigError(f"model.depthwise={depthwise!r}; choose one of "
                         f"{', '.join(ops.DEPTHWISE_IMPLS)}.")
+    init = config_get(model_cfg, "alpha_init", "zeros")
+    try:
+      mixing.initial_logit(init, mix, len(config_get(model_cfg, "primitives", PRIMITIVES)))
+    except ValueError as e:
+      raise ConfigError(f"model.alpha_init={init!r}: {e}.") from None
     scale = config_get(model_cfg, "alpha_init_scale", 0.0)
     if (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or
         not math.isfinite(scale) or scale < 0):
@@ -154,7 +163,7 @@ class DartsCNNSpace(SpaceBase):
                   mixing=get("mixing", "softmax"), remat=bool(get("remat", False)),
                   opts=opts, batch_edges=bool(get("batch_edges", False)))
     return cls(net, steps, multiplier, primitives, float(get("alpha_init_scale", 0.0)),
-               tuple(int(d) for d in info.image_shape))
+               tuple(int(d) for d in info.image_shape), get("alpha_init", "zeros"))
 
   # -- the protocol ----------------------------------------------------------
 
@@ -177,11 +186,12 @@ class DartsCNNSpace(SpaceBase):
     return net.init(rng, batch["image"], alphas)["params"]
 
   def init_alphas(self, rng) -> Dict[str, jnp.ndarray]:
-    """{'normal', 'reduce'}: (num_edges, num_ops) arrays, zeros or small noise."""
+    """{'normal', 'reduce'}: (num_edges, num_ops) arrays: the initial logit plus small noise."""
     k1, k2 = jax.random.split(rng)
     shape, s = self.alpha_shape, self.alpha_init_scale
-    return {"normal": s * jax.random.normal(k1, shape),
-            "reduce": s * jax.random.normal(k2, shape)}
+    base = mixing.initial_logit(self.alpha_init, self.network.mixing, len(self.primitives))
+    return {"normal": base + s * jax.random.normal(k1, shape),
+            "reduce": base + s * jax.random.normal(k2, shape)}
 
   def apply(self, params, alphas, batch, train: bool = True):
     """(N, H, W, C) images in `batch['image']` -> (N, num_classes) logits."""
