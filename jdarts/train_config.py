@@ -66,6 +66,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       learning_rate_min=0.0,        # reference train.py: CosineAnnealingLR(epochs), eta_min 0
       schedule="cosine_by_epoch",   # A.1.1: cosine without restart, stepped per epoch
       lr_decay=0.97,                # only for exponential_by_epoch
+      power=2.0,                    # only for cosine_power*: sharp_darts.txt Table 2, p=2
       momentum=0.9,                 # A.1.1
       weight_decay=3e-4,            # A.1.1
       grad_clip=5.0))               # reference --grad_clip 5
