@@ -14,7 +14,7 @@ A network is called as `net.apply(variables, images, train=..., ...)` with
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -25,6 +25,16 @@ from jdarts import ops
 from jdarts.registry import Registry
 
 MODELS = Registry("evaluation model")
+
+# model name -> the operation names its genotypes may use, for networks whose
+# cells draw on another op namespace than DARTS's (sharpDARTS); a name not
+# here accepts `genotypes.KNOWN_OPS`.
+MODEL_OPS: Dict[str, Tuple[str, ...]] = {}
+
+
+def known_ops(model_name: str) -> Tuple[str, ...]:
+  """The operation names a genotype for model `model_name` may use."""
+  return MODEL_OPS.get(model_name, genotypes_lib.KNOWN_OPS)
 
 # Name of the auxiliary head's parameter subtree; excluded from `params` as
 # the reference excludes parameter names containing 'auxiliary'.
@@ -106,5 +116,5 @@ def count_params(params) -> Dict[str, int]:
   return {"params": total - aux, "params_total": total}
 
 
-__all__ = ["MODELS", "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
+__all__ = ["MODELS", "MODEL_OPS", "known_ops", "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
            "abstract_variables", "count_params", "op_options", "without_axis_name"]

@@ -4,7 +4,9 @@ The entry point of `jdarts train`: networks chosen by name from `MODELS`
 (the networks live with their search space):
 
 * 'cifar':    `jdarts.spaces.darts_cnn.evaluation.NetworkCIFAR` (paper A.2.1);
-* 'imagenet': `jdarts.spaces.darts_cnn.evaluation.NetworkImageNet` (A.2.3, mobile).
+* 'imagenet': `jdarts.spaces.darts_cnn.evaluation.NetworkImageNet` (A.2.3, mobile);
+* 'sharp_cifar', 'sharp_imagenet': the same over the sharpDARTS operations
+  (`jdarts.spaces.sharp.evaluation`).
 
 `build_model(model_cfg, num_classes)` makes one from a config's `model`
 block; `init_variables` gives its `{'params', 'batch_stats'}`;
@@ -22,10 +24,11 @@ the built-in ones.
 """
 from __future__ import annotations
 
-from jdarts.model_registry import (AUXILIARY, INIT_COMPILER_OPTIONS, MODELS, abstract_variables,
-                                   build_model, count_params, init_variables, op_options,
-                                   without_axis_name)
+from jdarts.model_registry import (AUXILIARY, INIT_COMPILER_OPTIONS, MODEL_OPS, MODELS,
+                                   abstract_variables, build_model, count_params,
+                                   init_variables, known_ops, op_options, without_axis_name)
 from jdarts.spaces.darts_cnn import evaluation  # noqa: F401  (registers 'cifar', 'imagenet')
+from jdarts.spaces.sharp import evaluation as sharp_evaluation  # noqa: F401  ('sharp_cifar', ...)
 
-__all__ = ["MODELS", "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
+__all__ = ["MODELS", "MODEL_OPS", "known_ops", "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
            "abstract_variables", "count_params", "op_options", "without_axis_name"]

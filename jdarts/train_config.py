@@ -119,6 +119,6 @@ def validate(c) -> None:
     need(name in data_lib.DATASETS, f"dataset {name!r} (data.name / data.extra_test_sets) "
          f"is unknown; choose from {', '.join(sorted(data_lib.DATASETS))}.")
   try:
-    genotypes.load_genotype(c.genotype)
+    genotypes.load_genotype(c.genotype, known_ops=models.known_ops(c.model.name))
   except ValueError as e:
     raise ConfigError(f"genotype: {e}") from None

@@ -102,7 +102,8 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   train_config.validate(cfg)
   r = runs.Run(cfg, workdir, "train", finite_keys=("loss",),
                nan_hint="lower optim.learning_rate.")
-  genotype = genotypes.load_genotype(cfg.genotype)
+  genotype = genotypes.load_genotype(cfg.genotype,
+                                     known_ops=models.known_ops(cfg.model.name))
   if r.main:
     genotypes.save_genotype(genotype, r.path("genotype.json"))
 

@@ -38,5 +38,6 @@ def sharp_imagenet(cfg, num_classes: int, genotype, opts: ops.OpOptions) -> nn.M
 for _name, _fn in (("sharp_cifar", sharp_cifar), ("sharp_imagenet", sharp_imagenet)):
   if _name not in models_base.MODELS:
     models_base.MODELS.register(_name, _fn)
+  models_base.MODEL_OPS[_name] = tuple(primitives.OPS.names())
 
 __all__ = ["sharp_cifar", "sharp_imagenet"]
