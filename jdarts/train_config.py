@@ -56,6 +56,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       # Comma-separated registered datasets evaluated as extra test sets (their
       # 'test' split, normalised as the training data), e.g. 'cifar10_1'.
       extra_test_sets="",
+      autoaugment=False,            # sharp_darts.txt Table 2: AutoAugment's CIFAR-10 policy
       num_threads=0, worker_count=0))  # grain prefetch threads / worker processes
   c.batch_size = 96                 # A.2.1: "batch size 96"
   c.eval_batch_size = 0             # 0: batch_size
