@@ -85,3 +85,28 @@ def test_tiny_sharp_search_end_to_end(tmp_path, method):
   assert {op for op, _ in g["normal"] + g["reduce"]} <= set(TINY_SHARP)
   alphas = json.loads((tmp_path / "run" / "alphas.json").read_text())
   assert np.asarray(alphas["normal"]).shape == (2, 4)
+
+
+def test_train_a_sharp_genotype_file(tmp_path, capsys):
+  """`jdarts train` with model.name=sharp_cifar on a genotype.json naming sharp ops."""
+  from jdarts import genotypes
+  g = genotypes.Genotype(normal=[("flood_conv_3x3", 0), ("skip_connect", 1)], normal_concat=[2],
+                         reduce=[("max_pool_3x3", 0), ("dil_choke_conv_3x3", 1)],
+                         reduce_concat=[2])
+  search_dir = tmp_path / "search"
+  search_dir.mkdir()
+  genotypes.save_genotype(g, str(search_dir))
+  common = ["--config=configs/train_cifar10_sharp.py", "--config.data.name=synthetic",
+            "--config.model.init_channels=4", "--config.model.layers=1",
+            "--config.model.auxiliary=False", "--config.batch_size=8",
+            "--config.eval_batch_size=128", "--config.max_steps=2", "--config.progress=False",
+            "--config.data.autoaugment=False", "--config.compilation_cache_dir=",
+            "--config.parallel.num_devices=1", f"--config.genotype={search_dir}"]
+  # the DARTS network does not know the sharp operations: one line naming the key
+  rc = cli.main(["train", f"--workdir={tmp_path / 'bad'}"] + common + ["--config.model.name=cifar"])
+  assert rc != 0 and "flood_conv_3x3" in capsys.readouterr().err
+  rc = cli.main(["train", f"--workdir={tmp_path / 'run'}"] + common)
+  assert rc == 0, capsys.readouterr().err
+  import json
+  s = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert s["steps"] == 2 and np.isfinite(s["test_loss"])
