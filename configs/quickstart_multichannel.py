@@ -8,7 +8,7 @@ MultiChannelNet (Fig. 6) at the figure's own small size "((2x2)x2x2x2)": two
 filter scales (here 4 and 8 instead of 32 and 64), one layer of a normal and
 a reduction stage, SharpSepConv and ResizablePool. The derived genotype is the
 path of maximal total weight. Sec. 4.1's search: `--config.model.min_channels=32
---config.model.num_scales=4 --config.model.layers=3 --config.model.final_filters=768`
+--config.model.num_scales=4 --config.model.layers=4 --config.model.final_filters=768`
 with 60 epochs ("an automated DARTS search for 60 epochs").
 """
 import ml_collections
