@@ -4,7 +4,8 @@ Published sizes are the independent reference: sharp_darts.txt Table 2 gives
 1.98M parameters for sharpDARTS and 3.6M for SharpSepConvDARTS (CIFAR-10
 network: 20 cells, C=36, auxiliary head excluded), and the reference's own
 training log of DARTS_V2 with SharpSepConv ops ("DARTS+SSC, no search",
-ahundt/sharpDARTS cnn/genotypes.py) prints "param size = 3.529270MB".
+ahundt/sharpDARTS cnn/genotypes.py) prints "param size = 3.529270MB"; Table 3
+gives the ImageNet networks' sizes.
 """
 import jax
 import numpy as np
@@ -31,6 +32,16 @@ def test_evaluation_networks_match_published_sizes():
   assert abs(sharp - 1.98e6) / 1.98e6 < 0.005               # Table 2: 1.98M
   assert round(_params("SHARPSEPCONV_DARTS") / 1e6, 1) == 3.6   # Table 2: 3.6M
   assert _params("DARTS_V2", "cifar") == 3_349_342          # the DARTS ops are untouched
+
+
+def test_imagenet_networks_match_table3():
+  """Table 3: sharpDARTS (cmid 32) 3.17M, SharpSepConvDARTS 4.9M (14 cells, C=48)."""
+  def count(g):
+    net = models.build_model(dict(name="sharp_imagenet", genotype=g), 1000)
+    v = models.abstract_variables(net, (224, 224, 3))
+    return models.count_params(v["params"])["params"]
+  assert round(count("SHARP_DARTS") / 1e6, 2) == 3.17          # 3,173,440
+  assert abs(count("SHARPSEPCONV_DARTS") - 4.9e6) / 4.9e6 < 0.02  # 4,973,728
 
 
 def test_spaces_are_darts_cells_over_the_sharp_namespace():
