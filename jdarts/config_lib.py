@@ -101,6 +101,7 @@ def search_defaults() -> ml_collections.ConfigDict:
       learning_rate=0.025,        # A.1.1: eta_w = 0.025
       learning_rate_min=0.001,    # reference --learning_rate_min; the paper anneals to 0
       schedule="cosine_by_epoch", # A.1.1: cosine without restart (reference: per epoch)
+      power=2.0,                  # only for cosine_power*: sharp_darts.txt Table 2, p=2
       momentum=0.9, weight_decay=3e-4,  # A.1.1
       grad_clip=5.0))             # reference --grad_clip
   c.arch = ml_collections.ConfigDict(dict(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Dict, Mapping, Sequence
+from typing import Callable, Dict, Mapping, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -36,6 +36,17 @@ MODELS = Registry("evaluation model")
 # genotypes are not DARTS `Genotype`s (e.g. 'nb201': NAS-Bench-201 strings).
 GENOTYPE_LOADERS: Dict[str, Callable] = {}
 GENOTYPE_JSON: Dict[str, Callable] = {}
+
+# model name -> the operation names its genotypes may use, for networks whose
+# cells draw on another op namespace than DARTS's (sharpDARTS); a name not
+# here accepts `genotypes.KNOWN_OPS`.
+MODEL_OPS: Dict[str, Tuple[str, ...]] = {}
+
+
+def known_ops(model_name: str) -> Tuple[str, ...]:
+  """The operation names a genotype for model `model_name` may use."""
+  return MODEL_OPS.get(model_name, genotypes_lib.KNOWN_OPS)
+
 
 # Name of the auxiliary head's parameter subtree; excluded from `params` as
 # the reference excludes parameter names containing 'auxiliary'.
@@ -91,9 +102,17 @@ def op_options(cfg, bn_axis_name=None) -> ops.OpOptions:
 
 
 def load_genotype(model_name: str, spec):
-  """The genotype `spec` names, read as the network `model_name` needs (ValueError if bad)."""
-  loader = GENOTYPE_LOADERS.get(model_name, genotypes_lib.load_genotype)
-  return loader(spec)
+  """The genotype `spec` names, read as the network `model_name` needs (ValueError if bad).
+
+  A network with its own genotype format registers a loader in
+  `GENOTYPE_LOADERS` (NAS-Bench-201 strings); DARTS-cell networks read
+  `genotypes.load_genotype` with the operations of their namespace
+  (`known_ops`).
+  """
+  loader = GENOTYPE_LOADERS.get(model_name)
+  if loader is not None:
+    return loader(spec)
+  return genotypes_lib.load_genotype(spec, known_ops=known_ops(model_name))
 
 
 def build_model(cfg, num_classes: int, *, bn_axis_name=None, genotype=None) -> nn.Module:
@@ -154,5 +173,6 @@ def count_params(params) -> Dict[str, int]:
   return {"params": total - aux, "params_total": total}
 
 
-__all__ = ["MODELS", "GENOTYPE_LOADERS", "GENOTYPE_JSON", "load_genotype", "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
+__all__ = ["MODELS", "GENOTYPE_LOADERS", "GENOTYPE_JSON", "MODEL_OPS", "known_ops", "load_genotype",
+           "AUXILIARY", "INIT_COMPILER_OPTIONS", "build_model", "init_variables",
            "abstract_variables", "count_params", "op_options", "without_axis_name"]

@@ -281,6 +281,59 @@ class SepConv(nn.Module):
                    self.affine, self.opts)(x, train)
 
 
+class SharpSepConv(nn.Module):
+  """sharpDARTS's SharpSepConv block (sharp_darts.txt Fig. 1 and 3).
+
+  ReLU -> k x k depthwise conv (stride, dilation) -> 1x1 conv to c_mid -> BN
+  -> ReLU -> k x k depthwise conv (stride 1, dilation 1) -> 1x1 conv to C_out
+  -> BN, all convolutions without bias. The stride and the dilation act on
+  the first depthwise conv only, as in the paper's Fig. 3 and the reference
+  (ahundt/sharpDARTS `cnn/operations.py`); the second keeps the size with
+  padding (k - 1) // 2. c_mid = C_mid when given (the "choke" ops' fixed 32),
+  else int(C_out * C_mid_mult) (4 for "flood").
+
+  Parameters: k*k*C_in + C_in*c_mid + k*k*c_mid + c_mid*C_out, plus
+  2*(c_mid + C_out) BatchNorm scales and biases when `affine`.
+
+  Attributes:
+    C_out: output channels.
+    kernel_size: k.
+    stride: of the first depthwise conv.
+    padding: of the first depthwise conv; None: dilation * (k - 1) // 2,
+      which keeps the size at stride 1.
+    dilation: of the first depthwise conv.
+    affine: BatchNorm scale and bias (False in search networks).
+    C_mid_mult: c_mid relative to C_out, used when C_mid is None.
+    C_mid: a fixed c_mid, or None.
+    opts: shared operation options.
+  """
+  C_out: int
+  kernel_size: int = 3
+  stride: int = 1
+  padding: Optional[int] = None
+  dilation: int = 1
+  affine: bool = True
+  C_mid_mult: float = 1
+  C_mid: Optional[int] = None
+  opts: OpOptions = OpOptions()
+
+  @property
+  def c_mid(self) -> int:
+    return self.C_mid if self.C_mid else int(self.C_out * self.C_mid_mult)
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    k, d = self.kernel_size, self.dilation
+    pad = d * (k - 1) // 2 if self.padding is None else self.padding
+    x = nn.relu(x)
+    x = DepthwiseConv(k, self.stride, pad, d, self.opts)(x)
+    x = _conv(self.c_mid, 1, opts=self.opts)(x)
+    x = nn.relu(BatchNorm(self.affine, self.opts)(x, train))
+    x = DepthwiseConv(k, 1, (k - 1) // 2, 1, self.opts)(x)
+    x = _conv(self.C_out, 1, opts=self.opts)(x)
+    return BatchNorm(self.affine, self.opts)(x, train)
+
+
 class FactorizedReduce(nn.Module):
   """Halves the resolution with two offset 1x1 stride-2 convs, concatenated."""
   C_out: int
@@ -355,6 +408,7 @@ def count_params(tree) -> int:
 
 __all__ = [
     "OpOptions", "BatchNorm", "DepthwiseConv", "ReLUConvBN", "DilConv", "SepConv",
+    "SharpSepConv",
     "FactorizedReduce", "Conv7x1_1x7", "Zero", "Identity", "Pool", "DEPTHWISE_IMPLS",
     "depthwise_conv_shift", "depthwise_conv_dense", "resolve_depthwise", "shifted_taps",
     "torch_default_init", "count_params",

@@ -57,6 +57,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       # Comma-separated registered datasets evaluated as extra test sets (their
       # 'test' split, normalised as the training data), e.g. 'cifar10_1'.
       extra_test_sets="",
+      autoaugment=False,            # sharp_darts.txt Table 2: AutoAugment's CIFAR-10 policy
       num_threads=0, worker_count=0))  # grain prefetch threads / worker processes
   c.batch_size = 96                 # A.2.1: "batch size 96"
   c.eval_batch_size = 0             # 0: batch_size
@@ -67,6 +68,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       learning_rate_min=0.0,        # reference train.py: CosineAnnealingLR(epochs), eta_min 0
       schedule="cosine_by_epoch",   # A.1.1: cosine without restart, stepped per epoch
       lr_decay=0.97,                # only for exponential_by_epoch
+      power=2.0,                    # only for cosine_power*: sharp_darts.txt Table 2, p=2
       momentum=0.9,                 # A.1.1
       weight_decay=3e-4,            # A.1.1
       grad_clip=5.0))               # reference --grad_clip 5

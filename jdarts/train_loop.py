@@ -27,6 +27,7 @@ their part of each checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Dict
 
@@ -36,6 +37,7 @@ import numpy as np
 from jdarts import config_lib
 from jdarts import data as data_lib
 from jdarts import genotypes
+from jdarts.data import autoaugment
 from jdarts import models
 from jdarts import optim
 from jdarts import parallel
@@ -61,6 +63,14 @@ def build_data(cfg, shard_index: int = 0, shard_count: int = 1):
   """
   d = cfg.data
   info = data_lib.get_info(d.name)
+  if d.get("autoaugment", False):
+    # sharp_darts.txt Table 2: the CIFAR-10 AutoAugment policy after crop and flip.
+    if info.train_transform is not None:
+      raise config_lib.ConfigError(
+          f"data.autoaugment=True is for datasets cropped and flipped by the pipeline "
+          f"(cifar10, digits); {d.name} has its own training transform.")
+    info = dataclasses.replace(info, train_transform=autoaugment.AutoAugmentTransform(
+        info.crop_padding, info.flip))
   source = data_lib.load_source(d.name, "train", d.data_dir or None)
   eval_sources = {}
   if d.valid_portion > 0:

@@ -19,6 +19,11 @@ from jdarts.genotypes import (DARTS, DARTS_V1, DARTS_V2, GENOTYPES, PRIMITIVES,
                               register_genotype, save_genotype)
 from jdarts.spaces.darts_cnn.derive import derive
 from jdarts.spaces.darts_rnn import genotypes as rnn_genotypes
+# Registers the sharpDARTS cells in GENOTYPES (as any run using jdarts.models
+# does); their operations are the sharp namespace's.
+from jdarts.spaces.sharp import primitives as sharp_primitives
+
+ALL_OPS = genotypes.KNOWN_OPS + tuple(sharp_primitives.OPS.names())
 
 
 # ---------------------------------------------------------------------------
@@ -65,7 +70,7 @@ def test_published_genotypes_match_reference():
 
 def test_published_genotypes_are_valid():
   for name, g in GENOTYPES.items():
-    assert genotypes.validate_genotype(g) == g, name
+    assert genotypes.validate_genotype(g, known_ops=ALL_OPS) == g, name
   # The extra operations are accepted only because KNOWN_OPS lists them.
   with pytest.raises(ValueError, match="unknown operation 'sep_conv_7x7'"):
     genotypes.validate_genotype(NASNet, known_ops=PRIMITIVES)
@@ -81,9 +86,9 @@ def test_json_round_trip(name, tmp_path):
   d = json.loads(json.dumps(genotype_to_json(g)))
   assert set(d) == {'normal', 'normal_concat', 'reduce', 'reduce_concat'}
   assert d['normal'][0] == list(g.normal[0])
-  assert genotype_from_json(d) == g
+  assert genotype_from_json(d, known_ops=ALL_OPS) == g
   path = save_genotype(g, tmp_path / 'g.json')
-  assert load_genotype(path) == g
+  assert load_genotype(path, known_ops=ALL_OPS) == g
 
 
 def test_load_by_name_file_and_directory(tmp_path):

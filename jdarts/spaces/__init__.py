@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional
 
 from jdarts.spaces.base import SPACES, Batch, SearchSpace, SpaceBase, config_get
 
-BUILTIN = ("darts_cnn", "nb201")
+BUILTIN = ("darts_cnn", "nb201", "sharp", "sharp_sep_conv_darts", "multichannel")
 
 __all__ = ["SPACES", "Batch", "SearchSpace", "SpaceBase", "config_get", "get_space",
            "space_class", "BUILTIN"]
@@ -21,6 +21,8 @@ def _register_builtin() -> None:
   # The import registers the space; kept out of module import time.
   from jdarts.spaces import darts_cnn  # noqa: F401
   from jdarts.spaces import nb201  # noqa: F401
+  from jdarts.spaces import sharp  # noqa: F401  ('sharp', 'sharp_sep_conv_darts')
+  from jdarts.spaces import hypercuboid  # noqa: F401  ('multichannel')
 
 
 def space_class(name: str):

@@ -22,7 +22,7 @@ with offset_i = 2 + 3 + ... (i terms).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -92,15 +92,18 @@ class MixedOp(nn.Module):
   stride: int
   primitives: Sequence[str]
   opts: ops.OpOptions
+  # The op namespace (`primitives.OpRegistry`); None: the DARTS space's OPS.
+  op_registry: Any = None
 
   @nn.compact
   def __call__(self, x, weights, train: bool = True):
     out = 0.0
+    reg = self.op_registry
     for k, name in enumerate(self.primitives):
       if name == "none":
         continue
-      y = primitives.make_op(name, self.C, self.stride, False, self.opts)(x, train)
-      if primitives.op_info(name).search_bn:
+      y = primitives.make_op(name, self.C, self.stride, False, self.opts, reg)(x, train)
+      if primitives.op_info(name, reg).search_bn:
         y = ops.BatchNorm(False, self.opts)(y, train)
       out = out + weights[k].astype(y.dtype) * y
     if isinstance(out, float):  # every candidate is 'none'
@@ -122,6 +125,7 @@ class SearchCell(nn.Module):
   opts: ops.OpOptions
   steps: int = 4
   multiplier: int = 4
+  op_registry: Any = None  # as MixedOp's
 
   @nn.compact
   def __call__(self, s0, s1, weights, train: bool = True):
@@ -132,7 +136,8 @@ class SearchCell(nn.Module):
       node = 0.0
       for j, h in enumerate(states):
         stride = 2 if self.reduction and j < 2 else 1
-        node = node + MixedOp(self.C, stride, tuple(self.primitives), self.opts)(
+        node = node + MixedOp(self.C, stride, tuple(self.primitives), self.opts,
+                              self.op_registry)(
             h, weights[offset + j], train)
       offset += len(states)
       states.append(node)
@@ -217,10 +222,12 @@ class CellOp(nn.Module):
   C: int
   stride: int
   opts: ops.OpOptions
+  op_registry: Any = None  # the op namespace; None: the DARTS space's OPS
 
   @nn.compact
   def __call__(self, x, drop_prob: Scalar = 0.0, train: bool = True):
-    op = primitives.make_op(self.primitive, self.C, self.stride, True, self.opts)
+    op = primitives.make_op(self.primitive, self.C, self.stride, True, self.opts,
+                            self.op_registry)
     y = op(x, train)
     if train and not _is_static_zero(drop_prob) and not isinstance(op, ops.Identity):
       y = drop_path(y, drop_prob, self.make_rng("dropout"))
@@ -249,6 +256,7 @@ class Cell(nn.Module):
   reduction: bool
   reduction_prev: bool
   opts: ops.OpOptions
+  op_registry: Any = None  # the op namespace; None: the DARTS space's OPS
 
   @property
   def multiplier(self) -> int:
@@ -264,7 +272,7 @@ class Cell(nn.Module):
       for k in (2 * node, 2 * node + 1):
         name, index = self.entries[k]
         stride = 2 if self.reduction and index < 2 else 1
-        h = CellOp(name, self.C, stride, self.opts, name=f"op_{k}")(
+        h = CellOp(name, self.C, stride, self.opts, self.op_registry, name=f"op_{k}")(
             states[index], drop_prob, train)
         total = h if total is None else total + h
       states.append(total)

@@ -50,7 +50,7 @@ Calling convention::
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -126,6 +126,8 @@ class NetworkCIFAR(nn.Module):
       (paper A.2.1: 0.2, ramped linearly over training by the train loop).
     stem_multiplier: stem channels = stem_multiplier * C (reference: 3).
     opts: operation options; BatchNorm keeps running averages by default.
+    op_registry: the op namespace of the genotype's names; None: the DARTS
+      space's `primitives.OPS`.
   """
   genotype: genotypes_lib.Genotype
   C: int = 36
@@ -135,6 +137,7 @@ class NetworkCIFAR(nn.Module):
   drop_path_prob: float = 0.0
   stem_multiplier: int = 3
   opts: ops.OpOptions = EVAL_OPTS
+  op_registry: Any = None  # the cells' op namespace; None: the DARTS space's OPS
 
   def __post_init__(self):
     object.__setattr__(self, "genotype", freeze_genotype(self.genotype))
@@ -160,7 +163,8 @@ class NetworkCIFAR(nn.Module):
       if reduction:
         C_curr *= 2
       entries, concat = cell_genotype(self.genotype, reduction)
-      cell = Cell(entries, concat, C_curr, reduction, reduction_prev, o, name=f"cell_{i}")
+      cell = Cell(entries, concat, C_curr, reduction, reduction_prev, o, self.op_registry,
+                  name=f"cell_{i}")
       s0, s1 = s1, cell(s0, s1, p, train)
       reduction_prev = reduction
       # Initialisation always builds the head, so `init(train=False)` has its weights.
@@ -202,6 +206,8 @@ class NetworkImageNet(nn.Module):
     auxiliary: build the auxiliary head.
     drop_path_prob: default drop-path probability (reference default 0).
     opts: operation options; BatchNorm keeps running averages by default.
+    op_registry: the op namespace of the genotype's names; None: the DARTS
+      space's `primitives.OPS`.
   """
   genotype: genotypes_lib.Genotype
   C: int = 48
@@ -210,6 +216,7 @@ class NetworkImageNet(nn.Module):
   auxiliary: bool = True
   drop_path_prob: float = 0.0
   opts: ops.OpOptions = EVAL_OPTS
+  op_registry: Any = None  # the cells' op namespace; None: the DARTS space's OPS
 
   def __post_init__(self):
     object.__setattr__(self, "genotype", freeze_genotype(self.genotype))
@@ -235,7 +242,8 @@ class NetworkImageNet(nn.Module):
       if reduction:
         C_curr *= 2
       entries, concat = cell_genotype(self.genotype, reduction)
-      cell = Cell(entries, concat, C_curr, reduction, reduction_prev, o, name=f"cell_{i}")
+      cell = Cell(entries, concat, C_curr, reduction, reduction_prev, o, self.op_registry,
+                  name=f"cell_{i}")
       s0, s1 = s1, cell(s0, s1, p, train)
       reduction_prev = reduction
       if (i == 2 * self.layers // 3 and self.auxiliary and

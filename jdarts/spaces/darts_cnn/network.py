@@ -16,7 +16,7 @@ larger ops and the parameters in the layout of `to_batched_params`.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence
 
 import flax.linen as nn
 import jax
@@ -48,6 +48,9 @@ class Network(nn.Module):
   # Per-source edge batching (BatchedSearchCell): same function, params in
   # the layout of `to_batched_params`.
   batch_edges: bool = False
+  # The op namespace (`primitives.OpRegistry`) the primitives are looked up
+  # in; None: the DARTS space's OPS. Per-source batching supports only that one.
+  op_registry: Any = None
 
   @nn.compact
   def __call__(self, x, alphas: Dict[str, jnp.ndarray], train: bool = True):
@@ -60,6 +63,9 @@ class Network(nn.Module):
     s0 = s1 = s
     w_normal = mixing.mix(self.mixing, alphas["normal"])
     w_reduce = mixing.mix(self.mixing, alphas["reduce"])
+    if self.batch_edges and self.op_registry is not None:
+      raise ValueError("batch_edges supports only the DARTS space's operations "
+                       "(op_registry=None).")
     cell_cls = BatchedSearchCell if self.batch_edges else SearchCell
     if self.remat:
       cell_cls = nn.remat(cell_cls, static_argnums=(4,))
@@ -69,8 +75,9 @@ class Network(nn.Module):
       reduction = i in (self.layers // 3, 2 * self.layers // 3)
       if reduction:
         C_curr *= 2
+      extra = () if self.batch_edges else (self.op_registry,)
       cell = cell_cls(C_curr, reduction, reduction_prev, tuple(self.primitives),
-                      opts, self.steps, self.multiplier, name=f"cell_{i}")
+                      opts, self.steps, self.multiplier, *extra, name=f"cell_{i}")
       s0, s1 = s1, cell(s0, s1, w_reduce if reduction else w_normal, train)
       reduction_prev = reduction
     out = jnp.mean(s1.astype(jnp.promote_types(s1.dtype, jnp.float32)), axis=(1, 2))

@@ -95,13 +95,14 @@ class OpRegistry(Registry):
 OPS = OpRegistry("operation")
 
 
-def op_info(name: str) -> OpInfo:
-  """The `OpInfo` registered with operation `name`."""
-  return OPS.info(name)
+def op_info(name: str, registry: Optional[OpRegistry] = None) -> OpInfo:
+  """The `OpInfo` registered with operation `name` in `registry` (default `OPS`)."""
+  return (OPS if registry is None else registry).info(name)
 
 
 def make_op(name: str, C: int, stride: int, affine: bool,
-            opts: ops.OpOptions = ops.OpOptions()) -> nn.Module:
+            opts: ops.OpOptions = ops.OpOptions(),
+            registry: Optional[OpRegistry] = None) -> nn.Module:
   """Builds the registered operation `name` mapping C channels to C channels.
 
   Args:
@@ -110,6 +111,9 @@ def make_op(name: str, C: int, stride: int, affine: bool,
     stride: 1, or 2 for operations of a reduction cell's first two inputs.
     affine: whether BatchNorms have learnable scale and bias (False in search).
     opts: options shared by the network's operations.
+    registry: the op namespace to look `name` up in; None: this space's `OPS`.
+      Another space with the DARTS cell structure (e.g. sharpDARTS) passes
+      its own `OpRegistry` through the cells and networks' `op_registry`.
 
   Returns:
     A module mapping (N, H, W, C) -> (N, H / stride, W / stride, C).
@@ -118,7 +122,7 @@ def make_op(name: str, C: int, stride: int, affine: bool,
     KeyError: an unknown name (with the closest known one).
     ValueError: a stride other than 1 or 2 (DARTS cells have no other).
   """
-  factory = OPS.get(name)
+  factory = (OPS if registry is None else registry).get(name)
   if stride not in (1, 2):
     raise ValueError(f"Operation {name!r}: stride must be 1 or 2, got {stride}.")
   return factory(C, stride, affine, opts)

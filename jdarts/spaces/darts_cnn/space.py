@@ -64,16 +64,17 @@ def _did_you_mean(name, choices) -> str:
   return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_primitives(cfg) -> None:
-  got = config_get(cfg, "primitives", PRIMITIVES)
+def _check_primitives(cfg, registry=None, default=PRIMITIVES) -> None:
+  registry = primitives_lib.OPS if registry is None else registry
+  got = config_get(cfg, "primitives", default)
   if isinstance(got, (str, bytes)) or not isinstance(got, Sequence) or not got:
     raise ConfigError(f"model.primitives={got!r}; it must be a non-empty list of operation "
-                      f"names, e.g. {PRIMITIVES}.")
+                      f"names, e.g. {tuple(default)}.")
   for p in got:
-    if p not in primitives_lib.OPS:
-      hint = _did_you_mean(p, primitives_lib.OPS.names())
+    if p not in registry:
+      hint = _did_you_mean(p, registry.names())
       raise ConfigError(f"model.primitives has unknown operation {p!r}{hint}; known: "
-                        f"{', '.join(primitives_lib.OPS.names())}.")
+                        f"{', '.join(registry.names())}.")
   repeated = sorted({p for p in got if list(got).count(p) > 1})
   if repeated:
     raise ConfigError(f"model.primitives={tuple(got)!r} repeats {', '.join(repeated)}; "
@@ -105,6 +106,11 @@ class DartsCNNSpace(SpaceBase):
 
   name = "darts_cnn"
   metric_names = ("accuracy",)
+  # The op namespace and default candidates. A space with the same cell
+  # structure over other operations (jdarts.spaces.sharp) subclasses this one
+  # and sets both; None is `primitives.OPS`.
+  op_registry = None
+  default_primitives: Tuple[str, ...] = PRIMITIVES
 
   # -- construction ----------------------------------------------------------
 
@@ -116,7 +122,10 @@ class DartsCNNSpace(SpaceBase):
     steps = _check_int(model_cfg, "steps", 4, 1)
     _check_int(model_cfg, "multiplier", 4, 1, steps, f"steps={steps}")
     _check_int(model_cfg, "stem_multiplier", 3, 1)
-    _check_primitives(model_cfg)
+    _check_primitives(model_cfg, cls.op_registry, cls.default_primitives)
+    if cls.op_registry is not None and config_get(model_cfg, "batch_edges", False):
+      raise ConfigError(f"model.batch_edges=True is only for the darts_cnn space's "
+                        f"operations; set it False for space {cls.name!r}.")
     mix = config_get(model_cfg, "mixing", "softmax")
     if mix not in mixing.MIXINGS:
       raise ConfigError(f"model.mixing={mix!r} is unknown"
@@ -153,7 +162,7 @@ class DartsCNNSpace(SpaceBase):
     """
     def get(key, default):
       return config_get(model_cfg, key, default)
-    primitives = tuple(get("primitives", PRIMITIVES))
+    primitives = tuple(get("primitives", cls.default_primitives))
     opts = ops.OpOptions(depthwise=get("depthwise", "auto"), bn_axis_name=bn_axis_name,
                          dtype=jnp.dtype(get("dtype", "float32")))
     steps, multiplier = get("steps", 4), get("multiplier", 4)
@@ -161,7 +170,8 @@ class DartsCNNSpace(SpaceBase):
                   layers=get("layers", 8), steps=steps, multiplier=multiplier,
                   stem_multiplier=get("stem_multiplier", 3), primitives=primitives,
                   mixing=get("mixing", "softmax"), remat=bool(get("remat", False)),
-                  opts=opts, batch_edges=bool(get("batch_edges", False)))
+                  opts=opts, batch_edges=bool(get("batch_edges", False)),
+                  op_registry=cls.op_registry)
     return cls(net, steps, multiplier, primitives, float(get("alpha_init_scale", 0.0)),
                tuple(int(d) for d in info.image_shape), get("alpha_init", "zeros"))
 
