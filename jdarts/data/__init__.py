@@ -16,7 +16,9 @@ Typical use::
 Registered datasets: 'cifar10' (tfds or the python pickle files),
 'cifar10_1' (tfds, a second CIFAR-10 test set), 'imagenet2012' (tfds, with
 the reference's crop/flip/colour-jitter augmentation: `jdarts.data.imagenet`),
-'digits' (ships with scikit-learn) and 'synthetic'.
+'digits' (ships with scikit-learn), 'synthetic', and the word-level text
+corpora 'ptb', 'wikitext2' and 'pydoc' (`jdarts.data.text`: token streams
+cut into BPTT segments, with their own search streams).
 
 Bad data raises `DataError` (a ValueError) and missing data
 `DatasetNotFoundError` (a FileNotFoundError), each with a one-line message
@@ -44,6 +46,7 @@ from jdarts.data.sources import get_entry
 from jdarts.data.search_streams import build_search_data
 from jdarts.data import cifar  # registers 'cifar10', 'cifar10_1'  # noqa: E402
 from jdarts.data import imagenet  # registers 'imagenet2012'  # noqa: E402
+from jdarts.data import text  # registers 'ptb', 'wikitext2', 'pydoc'  # noqa: E402
 
 __all__ = [
     "ArraySource",
