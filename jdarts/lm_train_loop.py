@@ -148,6 +148,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   if restored is not None:
     state, extra, _ = restored
     loop.update(extra["loop"])
+    loop["asgd"] = bool(loop["asgd"])  # the checkpoint's JSON may hand back a number
   start = int(state.step)
   if r.main:  # rows after the checkpoint belong to steps this run replays
     runs.trim_jsonl(r.path("metrics.jsonl"),
