@@ -211,6 +211,15 @@ def forward(params, cell: Callable, inputs, targets, h0, masks: Masks, *,
   return Forward(nll.T, raw, last)
 
 
-def temporal_activation_penalty(raw: jnp.ndarray) -> jnp.ndarray:
-  """Merity et al. (2018) TAR: mean of (h_t - h_{t-1})^2 over the raw outputs (T, B, H)."""
-  return jnp.mean(jnp.square(raw[1:] - raw[:-1]))
+def temporal_activation_penalty(raw: jnp.ndarray, valid: Optional[jnp.ndarray] = None
+                                ) -> jnp.ndarray:
+  """Merity et al. (2018) TAR: mean of (h_t - h_{t-1})^2 over the raw outputs (T, B, H).
+
+  With `valid` (T,), the mean is over the real steps only (after them the
+  state is frozen, so the padded differences are zero).
+  """
+  sq = jnp.square(raw[1:] - raw[:-1])
+  if valid is None:
+    return jnp.mean(sq)
+  n = jnp.maximum(jnp.sum(valid[1:]), 1) * raw.shape[1] * raw.shape[2]
+  return jnp.sum(sq) / n.astype(sq.dtype)

@@ -89,7 +89,7 @@ def lm_loss(params, batch, rng, carry, cell, *, rates, vocab, hidden, tar_beta, 
   nll = jnp.sum(fwd.nll * token_mask) / jnp.maximum(count, 1.0)
   loss = nll
   if train and tar_beta:
-    loss = loss + tar_beta * cell_lib.temporal_activation_penalty(fwd.raw)
+    loss = loss + tar_beta * cell_lib.temporal_activation_penalty(fwd.raw, valid)
   aux = {"loss": nll.astype(jnp.float32), "count": count.astype(jnp.float32)}
   return loss, aux, fwd.last
 
