@@ -59,7 +59,7 @@ def main():
   w_opt, a_opt = optim.weight_optimizer(cfg.optim, sched), optim.arch_optimizer(cfg.arch)
   tr, va = seg(), seg()
   load = os.getloadavg()[0]
-  for method in args.methods.split(","):
+  for method in [m for m in args.methods.split(",") if m]:
     cfg.arch.method = method
     step = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched,
                                            weight_decay=cfg.optim.weight_decay))
