@@ -202,12 +202,18 @@ def _write_error_log(command: str, workdir: Optional[str], argv: List[str]) -> s
 
 def _run_loop(command: str, config, workdir: str) -> int:
   """Runs `search` or `train` (multi-host aware); returns the exit status."""
-  from jdarts import parallel, runs, search_loop, train_loop
+  from jdarts import config_lib, lm_train_loop, parallel, runs, search_loop, train_loop
   try:
     parallel.maybe_initialize_distributed()
   except ValueError as e:  # an incomplete JDARTS_* / SLURM environment
     raise UsageError(str(e)) from None
-  loop = search_loop if command == "search" else train_loop
+  # A train config names its trainer ('lm': language models); image networks otherwise.
+  trainers = {"image": train_loop, "lm": lm_train_loop}
+  trainer = config.get("trainer", "image")
+  if command == "train" and trainer not in trainers:
+    raise config_lib.ConfigError(f"trainer={trainer!r} is unknown; choose one of "
+                                 f"{', '.join(trainers)}.")
+  loop = search_loop if command == "search" else trainers[trainer]
   try:
     loop.run(config, workdir)
   except runs.Preempted as e:

@@ -43,6 +43,7 @@ from jdarts.data import config_check as data_check
 from jdarts import experiment
 from jdarts import models
 from jdarts import ops
+from jdarts.spaces.darts_rnn import network as rnn_network
 
 
 def _prod(xs) -> int:
@@ -176,6 +177,23 @@ def summarize_search(cfg) -> Dict[str, Any]:
   return out
 
 
+def summarize_lm(cfg) -> Dict[str, Any]:
+  """Size of a train config's recurrent language model (`trainer='lm'`).
+
+  Weights counted as the reference counts them (the tied embedding/softmax
+  once); multiply-adds of one BPTT segment of one stream (`model.bptt` tokens).
+  """
+  vocab = data_lib.get_info(cfg.data.name).vocab_size
+  net = rnn_network.RNNNetwork(rnn_network.load_genotype(cfg.genotype), vocab, cfg.model.to_dict())
+  params = jax.eval_shape(net.init, jax.random.PRNGKey(0))
+  z = jnp.zeros((1, cfg.model.bptt), jnp.int32)
+  batch = {"inputs": z, "targets": z, "deterministic": jnp.ones((1,), bool)}
+  macs = count_macs(lambda p: net.loss(p, batch, None, net.init_carry(1))[0], params)
+  n = net.count_params()
+  return {"params": n, "params_total": n, "mult_adds": macs, "model": "darts_rnn language-model",
+          "genotype": str(cfg.genotype), "vocab_size": vocab, "hidden": cfg.model.hidden}
+
+
 def summarize(cfg, genotype=None) -> Dict[str, Any]:
   """`summarize_eval` for train configs, `summarize_search` for search configs.
 
@@ -186,6 +204,8 @@ def summarize(cfg, genotype=None) -> Dict[str, Any]:
   Returns:
     A dict with at least 'params', 'params_total' and 'mult_adds' (ints).
   """
+  if cfg.get("trainer", None) == "lm":
+    return summarize_lm(cfg)
   model = cfg.get("model", None)
   if model is not None and model.get("name", None) is not None:
     return summarize_eval(cfg, genotype)
@@ -205,8 +225,9 @@ def format_summary(s: Dict[str, Any]) -> str:
            f"  params:       {s['params']:>13,}  ({s['params'] / 1e6:.6f}M)"]
   if s["params_total"] != s["params"]:
     lines.append(f"  params_total: {s['params_total']:>13,}  (with the auxiliary head)")
-  lines.append(f"  mult_adds:    {s['mult_adds']:>13,}  ({s['mult_adds'] / 1e6:.1f}M, "
-               "one image, conv + linear)")
+  per = ("one BPTT segment of one stream" if "vocab_size" in s
+         else "one image, conv + linear")
+  lines.append(f"  mult_adds:    {s['mult_adds']:>13,}  ({s['mult_adds'] / 1e6:.1f}M, {per})")
   return "\n".join(lines)
 
 

@@ -17,7 +17,9 @@ Registered datasets: 'cifar10' (tfds or the python pickle files),
 'cifar10_1' (tfds, a second CIFAR-10 test set), 'imagenet2012' (tfds, with
 the reference's crop/flip/colour-jitter augmentation: `jdarts.data.imagenet`),
 'cifar100' and 'imagenet16_120' (NAS-Bench-201's other datasets:
-`jdarts.data.nb201_data`), 'digits' (ships with scikit-learn) and 'synthetic'.
+`jdarts.data.nb201_data`), 'digits' (ships with scikit-learn), 'synthetic', and
+the word-level text corpora 'ptb', 'wikitext2' and 'pydoc' (`jdarts.data.text`:
+token streams cut into BPTT segments, with their own search streams).
 
 Bad data raises `DataError` (a ValueError) and missing data
 `DatasetNotFoundError` (a FileNotFoundError), each with a one-line message
@@ -46,6 +48,7 @@ from jdarts.data.search_streams import build_search_data
 from jdarts.data import cifar  # registers 'cifar10', 'cifar10_1'  # noqa: E402
 from jdarts.data import imagenet  # registers 'imagenet2012'  # noqa: E402
 from jdarts.data import nb201_data  # registers 'cifar100', 'imagenet16_120'  # noqa: E402
+from jdarts.data import text  # registers 'ptb', 'wikitext2', 'pydoc'  # noqa: E402
 
 __all__ = [
     "ArraySource",

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional
 
 from jdarts.spaces.base import SPACES, Batch, SearchSpace, SpaceBase, config_get
 
-BUILTIN = ("darts_cnn", "nb201", "sharp", "sharp_sep_conv_darts", "multichannel")
+BUILTIN = ("darts_cnn", "darts_rnn", "nb201", "sharp", "sharp_sep_conv_darts", "multichannel")
 
 __all__ = ["SPACES", "Batch", "SearchSpace", "SpaceBase", "config_get", "get_space",
            "space_class", "BUILTIN"]
@@ -20,6 +20,7 @@ __all__ = ["SPACES", "Batch", "SearchSpace", "SpaceBase", "config_get", "get_spa
 def _register_builtin() -> None:
   # The import registers the space; kept out of module import time.
   from jdarts.spaces import darts_cnn  # noqa: F401
+  from jdarts.spaces import darts_rnn  # noqa: F401
   from jdarts.spaces import nb201  # noqa: F401
   from jdarts.spaces import sharp  # noqa: F401  ('sharp', 'sharp_sep_conv_darts')
   from jdarts.spaces import hypercuboid  # noqa: F401  ('multichannel')
