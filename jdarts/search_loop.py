@@ -86,7 +86,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   schedule, w_opt, a_opt, state = experiment.init_search(cfg, space, spe)
   step_fn = r.parallel_step(
       search_lib.make_search_step(space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis,
-                                  weight_decay=cfg.optim.weight_decay),
+                                  weight_decay=cfg.optim.weight_decay, optim_cfg=cfg.optim),
       num_devices, global_devices, num_batches=2)
 
   # Host (numpy) values: one copy, written by the primary process; device
@@ -147,7 +147,9 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       host_state=lambda s: jax.device_get(step_fn.get_state(s)),
       extra=lambda step: {"train_iter": data.train.get_state(),
                           "val_iter": data.val.get_state(), "epoch": step / spe},
-      on_log=on_log, on_step=on_step)
+      on_log=on_log, on_step=on_step,
+      # Fraction of the interval's steps whose weight gradient the clip scaled.
+      interval_means=("grad_clipped",))
 
   state = step_fn.get_state(state)
   if jax.process_count() > 1:
