@@ -86,8 +86,14 @@ def resolve_depthwise(impl: str, channels: int = 0) -> str:
   return "xla"
 
 
-# PyTorch's default Conv2d/Linear initialisation (kaiming_uniform with a=sqrt(5)),
-# so initial losses and search dynamics match the reference implementation.
+# Modern PyTorch's (>= 0.4) default Conv2d/Linear initialisation, kaiming_uniform
+# with a=sqrt(5): U(+-1/sqrt(fan_in)), fan_in = C_in/groups * k*k. NOT quite the
+# PyTorch 0.3 that quark0/darts ran on, whose bound 1/sqrt(C_in * k*k) ignores
+# groups: same for dense convs and Linear layers, but a depthwise kernel there
+# has bound 1/(k sqrt(C)) against our 1/k. PyTorch 0.3 also drew affine
+# BatchNorm scales from U(0, 1) (ours: ones, as PyTorch >= 0.4); in the search
+# supernet only the stem BN is affine. No option for the 0.3 initialisation:
+# not offered (issue 11).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
