@@ -5,6 +5,8 @@ search step on the run skeleton (`jdarts.runs.Run`) and writes to `workdir`:
 
 * `config.json`      the resolved config;
 * `metrics.jsonl`    one JSON object per log interval / epoch / final evaluation;
+  `grad_clipped` in it is the fraction of the interval's steps whose weight
+  gradient the clip scaled (the other metrics: the interval's last step);
 * `genotype.json`    the derived genotype, rewritten every epoch and at the end;
 * `alphas.json`      every alpha array as nested lists, keyed by name;
 * `summary.json`     final held-out metrics of the supernet (search-val, test);
