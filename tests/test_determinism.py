@@ -22,7 +22,7 @@ def test_two_fresh_searches_give_identical_alphas(tmp_path):
     alphas.append(json.loads((tmp_path / name / "alphas.json").read_text()))
   a, b = alphas
   # metrics.jsonl reports how often the clip was active (issue 11, part 1).
-  rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().split()]
+  rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
   clipped = [r["grad_clipped"] for r in rows if r["kind"] == "train"]
   assert clipped and all(0.0 <= c <= 1.0 for c in clipped)
   assert sorted(a) == sorted(b) and a
