@@ -62,7 +62,8 @@ def main():
   for method in [m for m in args.methods.split(",") if m]:
     cfg.arch.method = method
     step = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched,
-                                           weight_decay=cfg.optim.weight_decay))
+                                           weight_decay=cfg.optim.weight_decay,
+                                           optim_cfg=cfg.optim))
     state = [search.init_state(space, jax.random.PRNGKey(0), tr, w_opt, a_opt)]
 
     def run():

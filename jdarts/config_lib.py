@@ -110,7 +110,9 @@ def search_defaults() -> ml_collections.ConfigDict:
       b1=0.5, b2=0.999,           # A.1.1: beta = (0.5, 0.999)
       weight_decay=1e-3,          # A.1.1
       xi=-1.0,                    # <0: the weights' current learning rate (footnote 1)
-      virtual_step="optimizer",   # 'optimizer': the real optax step; 'sgd': w - xi g
+      # eq. 6 as quark0/darts architect.py: w - lr (momentum buf + g + wd w), g
+      # unclipped; 'real_update': with the clip (not eq. 7); 'sgd': w - xi g
+      virtual_step="reference",
       fd_eps=0.01,                # eq. 8: eps = 0.01 / ||grad||
       neumann_terms=20, neumann_lr=0.0,  # 0: use xi
       # jdarts.solvers.CG_DAMPING: ~3x the weight decay, caps 1/lambda blow-up on

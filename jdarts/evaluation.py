@@ -4,6 +4,11 @@ A loss reports count-weighted means ('loss', its metrics) and 'count', the
 number of real (unmasked) examples. Summing mean * count over batches and
 devices and dividing by the summed count gives exact means, however the last
 batch was padded and however the batch was split over devices.
+
+`evaluate` hands the last batch to the step without its padding rows: a search
+supernet normalises with the statistics of its batch (paper A.1.1), and zero
+rows would shift those moments and so the predictions of the real rows. That
+costs one more compilation, for the last batch's shape.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def masked_sums(aux: Dict[str, jnp.ndarray], names: Sequence[str],
@@ -60,6 +66,28 @@ def accumulate(sums: Iterable[Dict[str, jnp.ndarray]]):
   return totals
 
 
+def unpadded(batch, carry):
+  """`batch` without its trailing padding rows (`mask == 0`), and `carry` cut alike.
+
+  Args:
+    batch: a dict with an optional (B,) 'mask'; other pytrees pass unchanged.
+    carry: the space's carry (leaves with the batch axis first) or None.
+
+  Returns:
+    (batch, carry) with n rows, n the number of real rows, when the padding
+    is the last B - n rows; otherwise both unchanged.
+  """
+  mask = batch.get("mask") if isinstance(batch, dict) else None
+  if mask is None:
+    return batch, carry
+  mask = np.asarray(mask)
+  rows, n = mask.shape[0], int(np.count_nonzero(mask))
+  if n in (0, rows) or not mask[:n].all():
+    return batch, carry
+  cut = lambda x: x[:n] if np.ndim(x) and np.shape(x)[0] == rows else x
+  return jax.tree_util.tree_map(cut, batch), jax.tree_util.tree_map(cut, carry)
+
+
 def evaluate(space, eval_step: Callable, params, alphas, batches, *, rng=None,
              batch_size: int = 0) -> Dict[str, float]:
   """Runs a jitted `make_eval_step` over `batches`, threading the space's carry.
@@ -68,7 +96,8 @@ def evaluate(space, eval_step: Callable, params, alphas, batches, *, rng=None,
     space: the search space (its `metric_names`, `init_carry`, `summarize`).
     eval_step: `jax.jit(make_eval_step(space))`.
     params, alphas: the supernet's weights and architecture.
-    batches: an iterable of batches (the last one may be padded, with 'mask').
+    batches: an iterable of batches (the last one may be padded, with 'mask';
+      it is evaluated without the padding rows, see `unpadded`).
     rng: key for the loss (dropout is off in the DARTS spaces); default key 0.
     batch_size: rows per batch, for `init_carry`.
 
@@ -81,6 +110,7 @@ def evaluate(space, eval_step: Callable, params, alphas, batches, *, rng=None,
   def sums():
     nonlocal carry
     for i, batch in enumerate(batches):
+      batch, carry = unpadded(batch, carry)
       s, carry = eval_step(params, alphas, batch, jax.random.fold_in(rng, i), carry)
       yield s
   out = finish(accumulate(sums()), space.metric_names)

@@ -63,8 +63,7 @@ def validate(cfg) -> None:
   kind = a.get("step_kind", "auto")
   _need(kind == "auto" or kind in search_lib.STEP_KINDS, f"arch.step_kind={kind!r} is "
         f"unknown; choose 'auto' or one of {', '.join(search_lib.STEP_KINDS.names())}.")
-  _need(a.virtual_step in ("optimizer", "sgd"),
-        f"arch.virtual_step must be 'optimizer' or 'sgd', got {a.virtual_step!r}.")
+  optim.virtual_step(a.get("virtual_step", "reference"), cfg.optim, lambda step: 0.0)
   _need(isinstance(a.xi, (int, float)) and math.isfinite(a.xi),
         f"arch.xi must be a finite number (< 0: the weights' learning rate), got {a.xi!r}.")
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from jdarts import hypergrad
 from jdarts import hypergrad_compare as hc
+from jdarts import optim
 from jdarts import search as search_lib
 from jdarts.config_lib import ConfigError
 
@@ -78,9 +79,14 @@ def step_xi(arch, lr: float) -> float:
   return lr if arch.xi < 0 else float(arch.xi)
 
 
-def real_virtual_step(arch) -> bool:
-  """Whether the virtual step is the real optax update (else plain SGD)."""
-  return arch.get("virtual_step", "optimizer") == "optimizer"
+def virtual_step_name(arch) -> str:
+  """`arch.virtual_step` (`optim.VIRTUAL_STEPS`), 'reference' when absent."""
+  return arch.get("virtual_step", "reference")
+
+
+def virtual_step(cfg, schedule) -> optim.VirtualStep:
+  """The search step's virtual step (`optim.virtual_step`) for a config."""
+  return optim.virtual_step(virtual_step_name(cfg.arch), cfg.optim, schedule)
 
 
 def jsonable(obj):
@@ -125,7 +131,7 @@ class Probe:
     self.space, self.w_opt, self.schedule = space, w_opt, schedule
     self.arch = cfg.arch
     self.weight_decay = cfg.optim.weight_decay
-    self.real_step = real_virtual_step(cfg.arch)
+    self.virtual = virtual_step(cfg, schedule)
     self._compiled: Dict[str, Any] = {}
 
   def due(self, step: int) -> bool:
@@ -151,8 +157,8 @@ class Probe:
     # sharding the search step keeps the state in (the executables are AOT).
     to_jnp = lambda t: jax.tree_util.tree_map(lambda x: jnp.asarray(np.asarray(x)), t)
     xi = self._xi(state)
-    w_opt = self.w_opt if self.real_step else None
-    w_os = state.w_opt_state if self.real_step else None
+    w_opt = self.virtual.optimizer
+    w_os = None if w_opt is None else self.virtual.state_of(state.w_opt_state)
     # The step's keys and carries travel inside the batches, so each estimator
     # compiles once for every probe.
     args = (to_jnp(state.params), to_jnp(state.alphas),

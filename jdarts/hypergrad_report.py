@@ -101,12 +101,13 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
     runs.prepare_workdir(workdir)
   runs.enable_compilation_cache(cfg.get("compilation_cache_dir", ""))
   built = build_state(cfg, workdir)
-  state, space, w_opt = built["state"], built["space"], built["w_opt"]
+  state, space = built["state"], built["space"]
   tb, vb = built["train_batch"], built["val_batch"]
   lr = float(built["schedule"](state.step))
   xi = probe_lib.step_xi(cfg.arch, lr)
-  real_step = probe_lib.real_virtual_step(cfg.arch)
-  opt_kw = dict(w_opt=w_opt, w_opt_state=state.w_opt_state) if real_step else {}
+  virtual = probe_lib.virtual_step(cfg, built["schedule"])
+  opt_kw = ({} if virtual.optimizer is None else
+            dict(w_opt=virtual.optimizer, w_opt_state=virtual.state_of(state.w_opt_state)))
   loss = probe_lib.packed_loss(space)
   # The search step's keys and initial carries, packed with each batch.
   k_val, k_train = search_lib.step_keys(state, None)
@@ -117,7 +118,7 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
       "space": cfg.space, "dataset": cfg.data.name, "batch_size": int(cfg.batch_size),
       "model": cfg.model.to_dict(),
       "step": int(state.step), "restored_checkpoint_step": built["restored_step"],
-      "xi": xi, "virtual_step": "optimizer" if real_step else "sgd",
+      "xi": xi, "virtual_step": probe_lib.virtual_step_name(cfg.arch),
       "reference": probe_lib.reference_method(h), "repeats": int(h.repeats),
       "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
       "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),

@@ -86,8 +86,14 @@ def resolve_depthwise(impl: str, channels: int = 0) -> str:
   return "xla"
 
 
-# PyTorch's default Conv2d/Linear initialisation (kaiming_uniform with a=sqrt(5)),
-# so initial losses and search dynamics match the reference implementation.
+# Modern PyTorch's (>= 0.4) default Conv2d/Linear initialisation, kaiming_uniform
+# with a=sqrt(5): U(+-1/sqrt(fan_in)), fan_in = C_in/groups * k*k. NOT quite the
+# PyTorch 0.3 that quark0/darts ran on, whose bound 1/sqrt(C_in * k*k) ignores
+# groups: same for dense convs and Linear layers, but a depthwise kernel there
+# has bound 1/(k sqrt(C)) against our 1/k. PyTorch 0.3 also drew affine
+# BatchNorm scales from U(0, 1) (ours: ones, as PyTorch >= 0.4); in the search
+# supernet only the stem BN is affine. No option for the 0.3 initialisation:
+# not offered (issue 11).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
@@ -112,12 +118,18 @@ class BatchNorm(nn.Module):
     # Moments in at least float32: variances of bf16 activations lose too many
     # bits. float64 stays float64, so exactness checks in x64 hold.
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    # Two passes (mean first, then the mean squared deviation), not
+    # E[x^2] - E[x]^2: the single pass cancels where |mean| >> std and its
+    # round-off then depends on how the devices' sums are ordered (issue 11).
+    # Across devices: one more pmean per BatchNorm.
     mean = jnp.mean(xf, axis=(0, 1, 2))
-    mean_sq = jnp.mean(jnp.square(xf), axis=(0, 1, 2))
     if o.bn_axis_name is not None:
-      mean, mean_sq = lax.pmean((mean, mean_sq), o.bn_axis_name)
-    var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
-    y = (xf - mean) * lax.rsqrt(var + o.bn_epsilon)
+      mean = lax.pmean(mean, o.bn_axis_name)
+    centred = xf - mean
+    var = jnp.mean(jnp.square(centred), axis=(0, 1, 2))
+    if o.bn_axis_name is not None:
+      var = lax.pmean(var, o.bn_axis_name)
+    y = centred * lax.rsqrt(var + o.bn_epsilon)
     if self.affine:
       C = x.shape[-1]
       y = y * self.param("scale", nn.initializers.ones, (C,))

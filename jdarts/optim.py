@@ -7,6 +7,7 @@ check the same thing in one place.
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, NamedTuple, Optional
 
 import optax
 
@@ -14,7 +15,11 @@ from jdarts import schedules
 from jdarts.config_lib import ConfigError
 
 
-def weight_optimizer(optim_cfg, schedule) -> optax.GradientTransformation:
+def _clips(optim_cfg) -> bool:
+  return bool(optim_cfg.grad_clip and optim_cfg.grad_clip > 0)
+
+
+def weight_optimizer(optim_cfg, schedule, clip: bool = True) -> optax.GradientTransformation:
   """Momentum SGD with coupled weight decay and global-norm clipping.
 
   Matches the reference (quark0/darts `train_search.py` and `train.py`): the raw
@@ -25,14 +30,74 @@ def weight_optimizer(optim_cfg, schedule) -> optax.GradientTransformation:
   Args:
     optim_cfg: the `optim` block: grad_clip (0: none), weight_decay, momentum.
     schedule: step -> learning rate (`schedules.make_schedule`).
+    clip: False leaves the clip out (the reference's virtual step); its state
+      is then `strip_clip_state` of the clipped optimiser's.
   """
   parts = []
-  if optim_cfg.grad_clip and optim_cfg.grad_clip > 0:
+  if clip and _clips(optim_cfg):
     parts.append(optax.clip_by_global_norm(optim_cfg.grad_clip))
   if optim_cfg.weight_decay:
     parts.append(optax.add_decayed_weights(optim_cfg.weight_decay))
   parts.append(optax.sgd(schedule, momentum=optim_cfg.momentum or None))
   return optax.chain(*parts)
+
+
+def strip_clip_state(optim_cfg, opt_state):
+  """The state of `weight_optimizer(clip=False)` inside the clipped optimiser's state.
+
+  The chain's state is one entry per part; the clip comes first and its state
+  is empty, so the rest (decay, momentum buffer, step count) is shared as is.
+  """
+  return tuple(opt_state[1:]) if _clips(optim_cfg) else opt_state
+
+
+# `arch.virtual_step`: how the second-order estimators form w' (jdarts.hypergrad).
+VIRTUAL_STEPS = ("reference", "real_update", "sgd")
+
+
+class VirtualStep(NamedTuple):
+  """The weight step w' that `unrolled`, `exact_hvp` and `finite_difference` share.
+
+  Attributes:
+    optimizer: an optax transformation whose update forms w', or None for
+      plain SGD w - xi * g.
+    state_of: the weight optimiser's state -> `optimizer`'s state (None
+      with plain SGD).
+  """
+  optimizer: Optional[optax.GradientTransformation]
+  state_of: Callable[[Any], Any]
+
+
+def virtual_step(kind: str, optim_cfg, schedule) -> VirtualStep:
+  """The virtual step named by `arch.virtual_step`.
+
+  * 'reference' (default): quark0/darts `architect.py` `_compute_unrolled_model`,
+    w' = w - lr * (momentum * buf + g + wd * w) with the *unclipped* gradient g
+    and buf the weight optimiser's momentum buffer: the real update without
+    its clip, so w' is affine in g and `unrolled` equals `exact_hvp` (eq. 7)
+    when xi is the learning rate (arch.xi < 0).
+  * 'real_update': the full real update, clip included. When ||g|| exceeds
+    `optim.grad_clip`, `unrolled` differentiates through the clip (second-
+    order term scaled by clip/||g|| and projected) while `exact_hvp` and
+    `finite_difference` keep eq. 7's xi: this is *not* eq. 7, and the three
+    disagree. The default before issue 11.
+  * 'sgd': plain w - xi * g (eq. 6 without momentum or decay).
+
+  Raises:
+    ConfigError: an unknown kind.
+  """
+  if kind == "sgd":
+    return VirtualStep(None, lambda state: None)
+  if kind == "real_update":
+    return VirtualStep(weight_optimizer(optim_cfg, schedule), lambda state: state)
+  if kind == "reference":
+    return VirtualStep(weight_optimizer(optim_cfg, schedule, clip=False),
+                       lambda state: strip_clip_state(optim_cfg, state))
+  hint = (" ('optimizer' is now 'real_update', the clip included; the default "
+          "'reference' leaves the clip out as the paper and reference code do)"
+          if kind == "optimizer" else "")
+  raise ConfigError(f"arch.virtual_step must be one of {', '.join(VIRTUAL_STEPS)}, got "
+                    f"{kind!r}{hint}.")
 
 
 def arch_optimizer(arch_cfg) -> optax.GradientTransformation:

@@ -288,6 +288,10 @@ class Run:
     self._on_fetch: Optional[Callable] = None
     config_json = json.loads(cfg.to_json_best_effort())
     check_same_experiment(workdir, config_json)
+    # Metrics logged as their mean since the previous row (`steps(interval_means=)`).
+    self._interval_means: Tuple[str, ...] = ()
+    self._sums: Dict[str, float] = {}
+    self._count = 0
     if self.main:
       write_json(os.path.join(workdir, "config.json"), config_json)
 
@@ -365,9 +369,19 @@ class Run:
         values = ", ".join(f"{k} {v}" for k, v in bad.items())
         raise NonFiniteLossError(f"loss became {next(iter(bad.values()))} ({values}) at step "
                                  f"{s}; {where}; {self.nan_hint}")
+    for _, m in fetched:
+      for k in self._interval_means:
+        if k in m:
+          self._sums[k] = self._sums.get(k, 0.0) + float(m[k])
+      self._count += 1
     if self._on_fetch is not None:
       self._on_fetch(fetched)
     return fetched
+
+  def _take_interval_means(self) -> Dict[str, float]:
+    out = {k: v / max(self._count, 1) for k, v in self._sums.items()}
+    self._sums, self._count = {}, 0
+    return out
 
   def save(self, step: int, host_state: Callable[[], Any], extra: Callable[[int], Dict],
            force: bool = False) -> bool:
@@ -381,7 +395,7 @@ class Run:
             steps_per_epoch: int, host_state: Callable[[Any], Any],
             extra: Callable[[int], Dict], on_log: Optional[Callable] = None,
             on_step: Optional[Callable] = None, on_fetch: Optional[Callable] = None,
-            rate_name: str = "images_per_sec"):
+            rate_name: str = "images_per_sec", interval_means: Tuple[str, ...] = ()):
     """Runs `advance` from step `start` to `total`; logs, checkpoints and stops cleanly.
 
     Args:
@@ -397,6 +411,9 @@ class Run:
       on_fetch: `([(step, host metrics), ...])` for every batch of metrics
         fetched (every step's metrics pass through it once).
       rate_name: the throughput's name in the rows.
+      interval_means: metrics whose 'train' row value is their mean over the
+        steps since the previous row (e.g. a 0/1 per step becomes a fraction),
+        not the last step's value.
 
     Returns:
       (state, step reached, seconds of the first step including compilation).
@@ -409,6 +426,7 @@ class Run:
     self.bar = progress_bar(total, start, cfg.get("progress", True) and self.main, self.name)
     compile_s, t_window, items, step = None, time.time(), 0, start
     self._on_fetch = on_fetch
+    self._interval_means, self._sums, self._count = tuple(interval_means), {}, 0
     preempt = ckpt_lib.PreemptionFlag().install()
     try:
       while step < total and not preempt.is_set:
@@ -425,7 +443,8 @@ class Run:
           items += items_per_step
         if step % cfg.log_every == 0 or step == total or step % steps_per_epoch == 0:
           fetched = self.flush()
-          last = fetched[-1][1] if fetched else {}
+          last = dict(fetched[-1][1]) if fetched else {}
+          last.update(self._take_interval_means())
           rate = items / max(time.time() - t_window, 1e-9)
           t_window, items = time.time(), 0
           if self.writer is not None:

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from jdarts import hypergrad
+from jdarts import optim
 from jdarts.registry import Registry
 
 PyTree = Any
@@ -150,6 +151,8 @@ class StepContext(NamedTuple):
     schedule: the weights' learning rate as a function of the step.
     axis_name: device axis, or None on one device.
     weight_decay: the weights' coupled decay (implicit estimators' Hessian).
+    virtual: the second-order estimators' virtual step (`optim.virtual_step`).
+    grad_clip: `optim.grad_clip` (0: none), for the `grad_clipped` metric.
   """
   space: Any
   arch_cfg: Any
@@ -158,6 +161,8 @@ class StepContext(NamedTuple):
   schedule: Callable
   axis_name: Optional[str]
   weight_decay: float = 0.0
+  virtual: Optional[optim.VirtualStep] = None
+  grad_clip: float = 0.0
 
 
 STEP_KINDS = Registry("search step kind")
@@ -180,8 +185,11 @@ def _metrics(ctx: StepContext, state, train_aux, val_aux, grad_norm, alpha_grad_
   metrics = {f"train_{k}": train_aux[k] for k in names}
   metrics.update({f"val_{k}": val_aux[k] for k in names})
   metrics = _pmean(metrics, ctx.axis_name)
+  # Whether the real update clipped this step's (device-averaged) gradient.
+  clipped = (grad_norm > ctx.grad_clip) if ctx.grad_clip > 0 else jnp.zeros((), bool)
   metrics.update(lr=jnp.asarray(ctx.schedule(state.step), jnp.float32),
-                 grad_norm=grad_norm, alpha_grad_norm=alpha_grad_norm)
+                 grad_norm=grad_norm, alpha_grad_norm=alpha_grad_norm,
+                 grad_clipped=clipped.astype(jnp.float32))
   return metrics
 
 
@@ -209,11 +217,11 @@ def _bilevel(ctx: StepContext) -> Callable:
     val_loss = bind_loss(ctx.space, k_val, c_val)
     lr = ctx.schedule(state.step)
     xi = jnp.where(arch.xi < 0, lr, arch.xi)
-    real_step = arch.get("virtual_step", "optimizer") == "optimizer"
+    v_opt = None if ctx.virtual is None else ctx.virtual.optimizer
     g_a, (val_aux, c_val) = hypergrad.arch_grad(
         arch.method, train_loss, val_loss, state.params, state.alphas, train_batch,
-        val_batch, xi=xi, optimizer=ctx.w_opt if real_step else None,
-        opt_state=state.w_opt_state if real_step else None,
+        val_batch, xi=xi, optimizer=v_opt,
+        opt_state=None if v_opt is None else ctx.virtual.state_of(state.w_opt_state),
         has_aux=True, axis_name=axis, **estimator_options(arch, ctx.weight_decay))
     g_a = _pmean(g_a, axis)
     a_upd, a_os = ctx.a_opt.update(g_a, state.a_opt_state, state.alphas)
@@ -324,7 +332,7 @@ def grad_correlation(space, state: SearchState, train_batch, val_batch,
 
 def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
                      axis_name: Optional[str] = None, weight_decay: float = 0.0,
-                     log_grad_correlation: bool = False) -> Callable:
+                     log_grad_correlation: bool = False, optim_cfg=None) -> Callable:
   """Builds the per-device search step `(state, train_batch, val_batch) -> (state, metrics)`.
 
   Args:
@@ -332,8 +340,9 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
     arch_cfg: the config's `arch` block: `method` (a `hypergrad.ESTIMATORS` name),
       `step_kind` ('auto' or a `STEP_KINDS` name), `xi` (virtual-step learning
       rate; negative: the weights' current learning rate, paper footnote 1),
-      `virtual_step` ('optimizer': the real optax weight update incl.
-      momentum, weight decay and clipping; 'sgd': plain w - xi * g),
+      `virtual_step` (`optim.VIRTUAL_STEPS`: 'reference', the default, the
+      real update without its clip as quark0/darts; 'real_update', clip
+      included, not eq. 7; 'sgd': plain w - xi * g),
       `fd_eps`, `neumann_terms`, `neumann_lr`, `cg_iters`, `cg_damping`,
       `unroll_solver`, `fuse_first_order`.
     w_opt, a_opt: optax optimisers of the weights and the alphas.
@@ -342,18 +351,34 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
       was built with it) BatchNorm moments over; None on one device.
     weight_decay: `optim.weight_decay`, for the implicit estimators' Hessian.
     log_grad_correlation: also report `grad_correlation` (`grad_correlation`).
+    optim_cfg: the config's `optim` block: the virtual step is built from it
+      (`optim.virtual_step`) and `grad_clipped` compares with its
+      `grad_clip`. Needed by the second-order methods unless
+      `arch.virtual_step='sgd'`.
 
   Returns:
     The step function; metrics are float32 scalars: train_loss, val_loss,
     train_<m> and val_<m> for each of `space.metric_names`, lr, grad_norm,
-    alpha_grad_norm (and grad_correlation when asked).
+    alpha_grad_norm, grad_clipped (1.0 when grad_norm > optim.grad_clip, i.e.
+    the real update clipped the weight gradient; 0.0 without optim_cfg), and
+    grad_correlation when asked.
   """
   if arch_cfg.method not in hypergrad.ESTIMATORS:
     raise ValueError(f"Unknown arch.method {arch_cfg.method!r}; choose one of "
                      f"{', '.join(hypergrad.ESTIMATORS.names())}.")
+  kind = arch_cfg.get("virtual_step", "reference")
+  virtual = None
+  if optim_cfg is not None:
+    virtual = optim.virtual_step(kind, optim_cfg, schedule)
+  elif kind == "sgd":
+    virtual = optim.VirtualStep(None, lambda s: None)
+  elif hypergrad.estimator(arch_cfg.method).uses_virtual_step:
+    raise ValueError(f"arch.method={arch_cfg.method!r} with arch.virtual_step={kind!r} "
+                     "builds w' from the optim block: pass optim_cfg=cfg.optim.")
+  grad_clip = float(optim_cfg.grad_clip or 0.0) if optim_cfg is not None else 0.0
   build = STEP_KINDS.get(step_kind_for(arch_cfg))
   inner = build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name,
-                            float(weight_decay or 0.0)))
+                            float(weight_decay or 0.0), virtual, grad_clip))
   if not log_grad_correlation:
     return inner
 

@@ -5,6 +5,8 @@ search step on the run skeleton (`jdarts.runs.Run`) and writes to `workdir`:
 
 * `config.json`      the resolved config;
 * `metrics.jsonl`    one JSON object per log interval / epoch / final evaluation;
+  `grad_clipped` in it is the fraction of the interval's steps whose weight
+  gradient the clip scaled (the other metrics: the interval's last step);
 * `genotype.json`    the derived genotype, rewritten every epoch and at the end;
 * `alphas.json`      every alpha array as nested lists, keyed by name;
 * `alpha_history.jsonl` one row per epoch: step, epoch, genotype JSON, alphas;
@@ -87,7 +89,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   schedule, w_opt, a_opt, state = experiment.init_search(cfg, space, spe)
   step_fn = r.parallel_step(
       search_lib.make_search_step(space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis,
-                                  weight_decay=cfg.optim.weight_decay,
+                                  weight_decay=cfg.optim.weight_decay, optim_cfg=cfg.optim,
                                   log_grad_correlation=bool(cfg.get("log_grad_correlation",
                                                                     False))),
       num_devices, global_devices, num_batches=2)
@@ -158,7 +160,9 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       host_state=lambda s: jax.device_get(step_fn.get_state(s)),
       extra=lambda step: {"train_iter": data.train.get_state(),
                           "val_iter": data.val.get_state(), "epoch": step / spe},
-      on_log=on_log, on_step=on_step)
+      on_log=on_log, on_step=on_step,
+      # Fraction of the interval's steps whose weight gradient the clip scaled.
+      interval_means=("grad_clipped",))
 
   state = step_fn.get_state(state)
   if jax.process_count() > 1:

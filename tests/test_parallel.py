@@ -21,7 +21,8 @@ def _problem(axis_name, method="first_order", primitives=helpers.TINY_PRIMITIVES
   sched = schedules.make_schedule(cfg.optim, 2, 5)
   w_opt, a_opt = optim.weight_optimizer(cfg.optim, sched), optim.arch_optimizer(cfg.arch)
   state = search.init_state(space, jax.random.PRNGKey(0), batches[0], w_opt, a_opt)
-  step = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched, axis_name=axis_name)
+  step = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched, axis_name=axis_name,
+                                 optim_cfg=cfg.optim)
   return state, step, batches
 
 

@@ -4,7 +4,15 @@ tests/fixtures/step_fixture.npz was written by tests/fixtures/make_step_fixture.
 at commit aa180ad: a tiny search state, its first train/val batches, and the state
 and metrics after one `first_order` and one `exact_hvp` step. Today's step on
 the same state and batches must give the same new state and metrics to float
-round-off.
+round-off. The fixture's virtual step was the real update with its clip, which
+issue 11 renamed 'real_update' (the default became the reference's, unclipped):
+the step is pinned under that name. `grad_clipped` came later than the fixture.
+
+Tolerance: the search BatchNorm's variance became two-pass in issue 11 as well.
+On this fixture's `first_order` step the old single-pass float32 state is
+1.5e-5 (max abs, optimiser state) from the same step in float64, the two-pass
+one 1.5e-6: the fixture itself carries the old round-off, so states are
+compared to ATOL, not to 1e-6.
 """
 import os
 
@@ -17,6 +25,7 @@ from jdarts import experiment
 from jdarts import search as search_lib
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "step_fixture.npz")
+ATOL = 3e-5
 
 
 def _fill(prefix, template, saved):
@@ -51,13 +60,15 @@ def test_step_equals_pre_refactor_step(setup, method):
   cfg, space, built, state, tb, vb, saved = setup
   arch = cfg.arch.copy_and_resolve_references()
   arch.method = method
+  arch.virtual_step = "real_update"
   step = jax.jit(search_lib.make_search_step(space, arch, built.w_opt, built.a_opt,
-                                            built.schedule))
+                                            built.schedule, optim_cfg=cfg.optim))
   new, metrics = step(state, tb, vb)
+  metrics = {k: v for k, v in metrics.items() if k != "grad_clipped"}
   expected = _fill(f"{method}/state", new, saved)
   for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(new)[0],
                                jax.tree_util.tree_leaves(expected)):
-    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=1e-6,
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=ATOL,
                                err_msg=jax.tree_util.keystr(path))
   assert sorted(metrics) == sorted(k.split("'")[1] for k in saved
                                    if k.startswith(f"{method}/metrics"))

@@ -180,7 +180,8 @@ def pointwise_shared_input(x, kernels):
 # Stacked parameters at the per-edge paths
 # ---------------------------------------------------------------------------
 
-# PyTorch's default conv initialisation (ops.torch_default_init) of each edge's
+# Modern PyTorch's default conv initialisation (ops.torch_default_init, which
+# says how it differs from the PyTorch 0.3 of the reference) of each edge's
 # copy: the leading edge axis is a batch axis, not part of the fan-in.
 stacked_torch_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform",
                                                       batch_axis=(0,))

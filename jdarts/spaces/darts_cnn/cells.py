@@ -289,7 +289,11 @@ def torch_bias_init(fan_in: int):
 
 
 def classifier(num_classes: int, fan_in: int, name: Optional[str] = None) -> nn.Dense:
-  """A Linear layer initialised as PyTorch's nn.Linear (supernet and evaluation networks)."""
+  """A Linear layer initialised as PyTorch's nn.Linear (supernet and evaluation networks).
+
+  Modern PyTorch's init (see `ops.torch_default_init`); for Linear layers it is
+  also PyTorch 0.3's, the reference's: U(+-1/sqrt(fan_in)) for weight and bias.
+  """
   return nn.Dense(num_classes, kernel_init=ops.torch_default_init,
                   bias_init=torch_bias_init(fan_in), name=name)
 
