@@ -131,6 +131,7 @@ def search_defaults() -> ml_collections.ConfigDict:
       async_save=False))
   c.log_every = 10
   c.progress = True
+  c.tensorboard = True  # workdir/tb: the metrics rows as TensorBoard events too
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
   c.hypergrad = hypergrad_defaults()  # `jdarts hypergrad` (jdarts.hypergrad_report)
   # >0: every N steps compare hypergrad.methods against hypergrad.reference on

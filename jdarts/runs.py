@@ -29,7 +29,9 @@ import jax
 import numpy as np
 
 from jdarts import checkpoint as ckpt_lib
+from jdarts import event_writer
 from jdarts import parallel
+from jdarts.progress import LineProgress, progress_bar  # noqa: F401 (re-exported)
 from jdarts.config_lib import ConfigError
 
 log = logging.getLogger("jdarts")
@@ -125,7 +127,7 @@ def prepare_workdir(workdir: str) -> str:
 # workdir may change: they do not change what the checkpoint holds or the
 # numbers the run computes, only how long it runs, what it prints and where
 # it finds things. Anything else differing means another experiment.
-RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir",
+RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir", "tensorboard",
                     "checkpoint.", "parallel.num_devices", "parallel.backend",
                     "data.data_dir", "data.num_threads", "data.worker_count", "hypergrad.",
                     "hypergrad_probe_every", "eval_batch_size", "eval_every_epochs")
@@ -246,18 +248,6 @@ class MetricsWriter:
       f.write(json.dumps(row) + "\n")
 
 
-def progress_bar(total: int, initial: int, enabled: bool, desc: str):
-  """A tqdm bar, or None when disabled or tqdm is missing."""
-  if not enabled:
-    return None
-  try:
-    from tqdm import auto as tqdm
-  except ImportError:  # tqdm is a dependency, but keep the loop usable without it
-    return None
-  return tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                   desc=desc)
-
-
 class Run:
   """The shared machinery of one `jdarts search` or `jdarts train` run.
 
@@ -281,7 +271,10 @@ class Run:
     self.finite_keys, self.nan_hint = finite_keys, nan_hint
     self.main = jax.process_index() == 0
     self.t_start = time.time()
-    self.writer = MetricsWriter(workdir) if self.main else None
+    self.writer = None
+    if self.main:  # metrics.jsonl, and the same rows as TensorBoard events (workdir/tb)
+      tb = event_writer.open_tensorboard(workdir) if cfg.get("tensorboard", True) else None
+      self.writer = event_writer.MultiWriter([MetricsWriter(workdir)] + ([tb] if tb else []))
     self.ckpt: Optional[ckpt_lib.Checkpointer] = None
     self.bar = None
     self._pending: List[Tuple[int, Any]] = []
@@ -465,4 +458,5 @@ class Run:
       self.writer.write(step, "final", {k: v for k, v in summary.items()
                                         if isinstance(v, (int, float)) and v is not None})
       write_json(self.path("summary.json"), summary)
+      self.writer.close()
     sys.stdout.flush()
