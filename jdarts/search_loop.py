@@ -5,6 +5,10 @@ search step on the run skeleton (`jdarts.runs.Run`) and writes to `workdir`:
 
 * `config.json`      the resolved config;
 * `metrics.jsonl`    one JSON object per log interval / epoch / final evaluation;
+  'arch' rows hold the alpha entropy per array every log interval and, each
+  epoch, the space's `genotype_stats` (`jdarts.arch_stats`);
+* `tb/`              the same rows as TensorBoard events, and the genotype as
+  text each epoch (`jdarts.event_writer`; `tensorboard --logdir WORKDIR`);
 * `genotype.json`    the derived genotype, rewritten every epoch and at the end;
 * `alphas.json`      every alpha array as nested lists, keyed by name;
 * `alpha_history.jsonl` one row per epoch: step, epoch, genotype JSON, alphas;
@@ -35,6 +39,7 @@ from typing import Any, Dict
 
 import jax
 
+from jdarts import arch_stats
 from jdarts import evaluation
 from jdarts import experiment
 from jdarts import hypergrad_probe
@@ -140,10 +145,17 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
                          f"{data.unit}/s": f"{rate:.0f}"}, refresh=False)
 
   def on_step(step, state):
-    if step % spe == 0 or step == total:
+    epoch_end = step % spe == 0 or step == total
+    if r.main and not epoch_end and step % cfg.log_every == 0:
+      r.writer.write(step, "arch", arch_stats.alpha_entropy(
+          jax.device_get(step_fn.get_state(state).alphas)))
+    if epoch_end:
       alphas = jax.device_get(step_fn.get_state(state).alphas)
       if r.main:
         genotype = save_outputs(workdir, space, alphas)
+        r.writer.write(step, "arch", {**arch_stats.alpha_entropy(alphas),
+                                      **arch_stats.genotype_stats(space, genotype)})
+        r.writer.text(step, "genotype", space.format_genotype(genotype))
         # The architecture over the search (collapse diagnostics, e.g. Single-DARTS
         # sec. 5.2: parameter-free operations taking over).
         with open(r.path("alpha_history.jsonl"), "a") as f:

@@ -123,6 +123,15 @@ class SearchSpace(Protocol):
   def format_genotype(self, genotype: Any) -> str:
     """A one-line human-readable form of a genotype."""
 
+  def genotype_stats(self, genotype: Any) -> Dict[str, float]:
+    """Optional: numbers that describe a genotype, logged every epoch.
+
+    E.g. {'num_skip_connect': 2, 'num_parameter_free': 3} (collapse
+    diagnostics: parameter-free operations taking over a DARTS cell). The
+    search loop logs them as 'arch' rows (metrics.jsonl, TensorBoard); `{}`
+    (SpaceBase's default) logs nothing.
+    """
+
 
 class SpaceBase:
   """Defaults for the optional parts of `SearchSpace`; subclass it to write less.
@@ -149,6 +158,10 @@ class SpaceBase:
 
   def format_genotype(self, genotype: Any) -> str:
     return str(genotype)
+
+  def genotype_stats(self, genotype: Any) -> Dict[str, float]:
+    del genotype
+    return {}
 
 
 def config_get(cfg: Any, key: str, default: Any) -> Any:

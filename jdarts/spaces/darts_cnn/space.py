@@ -242,6 +242,16 @@ class DartsCNNSpace(SpaceBase):
   def format_genotype(self, genotype) -> str:
     return genotypes_lib.format_genotype(genotype)
 
+  def genotype_stats(self, genotype) -> Dict[str, float]:
+    """Skip-connections and parameter-free operations per cell (the `OpInfo` metadata)."""
+    out = {}
+    for cell in ("normal", "reduce"):
+      names = [op for op, _ in getattr(genotype, cell)]
+      out[f"{cell}_num_skip_connect"] = float(names.count("skip_connect"))
+      out[f"{cell}_num_parameter_free"] = float(sum(
+          primitives_lib.op_info(op, self.op_registry).parameter_free for op in names))
+    return out
+
   def summarize(self, means: Dict[str, float]) -> Dict[str, float]:
     """The count-weighted means themselves: loss and accuracy need no transform."""
     return dict(means)

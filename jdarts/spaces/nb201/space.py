@@ -159,5 +159,11 @@ class NB201Space(SpaceBase):
   def format_genotype(self, genotype) -> str:
     return genotype_lib.arch_to_str(genotype)
 
+  def genotype_stats(self, genotype) -> Dict[str, float]:
+    """Skip-connections and parameter-free edges of the cell (`count_ops`)."""
+    counts = genotype_lib.count_ops(genotype)
+    return {"num_skip_connect": float(counts["skip_connect"]),
+            "num_parameter_free": float(counts["parameter_free"])}
+
 
 __all__ = ["NB201Space", "check_alpha_init"]

@@ -1,0 +1,107 @@
+"""See the search: TensorBoard events, arch statistics, progress lines, plots and the report.
+
+One tiny DARTS CNN search (8x8 digits, 1-node cells, 3 short epochs)
+runs once for the module; the tests read its workdir.
+"""
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+import helpers
+from jdarts import arch_stats
+from jdarts import genotypes
+from jdarts import search_loop
+from jdarts.progress import progress_bar
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("viz")
+  cfg = helpers.tiny_search_config(str(d / "xla_cache"), max_steps=6, epochs=3)
+  cfg.data.train_portion = 0.01   # a step or two of 8 rows per epoch
+  cfg.data.augment = False
+  cfg.checkpoint.enabled = False
+  search_loop.run(cfg, str(d / "run"))
+  return d / "run"
+
+
+def _rows(workdir):
+  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tensorboard_events_hold_the_logged_rows(workdir):
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(workdir / "tb"),
+                                           size_guidance={"scalars": 0, "tensors": 0})
+  acc.Reload()
+  tags = set(acc.Tags()["scalars"])
+  n = 0
+  for row in _rows(workdir):
+    for k, v in row.items():
+      if k in ("step", "kind", "time") or not isinstance(v, float):
+        continue
+      events = {e.step: e.value for e in acc.Scalars(f"{row['kind']}/{k}")}
+      assert events[row["step"]] == pytest.approx(v, rel=1e-6, abs=1e-30), (row["kind"], k)
+      n += 1
+  assert n > 20 and "train/train_loss" in tags and "arch/normal_num_parameter_free" in tags
+  texts = acc.Tensors("genotype")
+  assert len(texts) == 3  # one per epoch
+  last = texts[-1].tensor_proto.string_val[0].decode()
+  geno = genotypes.genotype_from_json(json.loads((workdir / "genotype.json").read_text()))
+  assert last == genotypes.format_genotype(geno)
+
+
+def test_arch_rows_hold_entropy_and_genotype_counts(workdir):
+  arch = [r for r in _rows(workdir) if r["kind"] == "arch"]
+  final = next(r["step"] for r in _rows(workdir) if r["kind"] == "final")
+  assert [r["step"] for r in arch] == list(range(1, final + 1))  # log_every=1
+  hist = [json.loads(l) for l in (workdir / "alpha_history.jsonl").read_text().splitlines()]
+  for h in hist:  # the epoch rows: entropy of the epoch's alphas, counts of its genotype
+    row = next(r for r in arch if r["step"] == h["step"])
+    for name in ("normal", "reduce"):
+      a = np.asarray(h["alphas"][name], np.float64)
+      p = np.exp(a) / np.exp(a).sum(-1, keepdims=True)
+      assert row[f"alpha_entropy/{name}"] == pytest.approx(
+          float(np.mean([-sum(q * math.log(q) for q in e) for e in p])), rel=1e-9)
+      ops = [op for op, _ in h["genotype"][name]]
+      assert row[f"{name}_num_skip_connect"] == ops.count("skip_connect")
+      assert row[f"{name}_num_parameter_free"] == sum(
+          op in ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect") for op in ops)
+
+
+def test_alpha_entropy_and_darts_v2_counts_by_hand():
+  ent = arch_stats.alpha_entropy({"a": np.zeros((3, 8)), "b": {"c": np.array([[0., 1e4]])}})
+  assert ent["alpha_entropy/a"] == pytest.approx(math.log(8))
+  assert ent["alpha_entropy/b/c"] == pytest.approx(0.0, abs=1e-9)
+  from jdarts.spaces.darts_cnn.space import DartsCNNSpace
+  stats = DartsCNNSpace.genotype_stats(DartsCNNSpace.__new__(DartsCNNSpace), genotypes.DARTS_V2)
+  assert stats == {"normal_num_skip_connect": 2, "normal_num_parameter_free": 2,
+                   "reduce_num_skip_connect": 3, "reduce_num_parameter_free": 8}
+
+
+def test_progress_without_a_tty_prints_lines_not_carriage_returns():
+  out = io.StringIO()  # isatty() is False, like a redirected stdout
+  bar = progress_bar(50, 0, True, "search", stream=out)
+  bar.every_s = 0.0
+  for _ in range(50):
+    bar.set_postfix({"train_loss": "1.234"})
+    bar.update(1)
+  bar.write("epoch 1 genotype: ...")
+  bar.close()
+  text = out.getvalue()
+  assert "\r" not in text and "\x1b" not in text
+  lines = text.splitlines()
+  assert lines[0].startswith("search: step 1/50") and "train_loss=1.234" in lines[0]
+  assert "step 50/50 (100%" in lines[-2] and lines[-1] == "epoch 1 genotype: ..."
+
+
+def test_progress_on_a_tty_is_tqdm():
+  class Tty(io.StringIO):
+    def isatty(self):
+      return True
+  bar = progress_bar(5, 0, True, "search", stream=Tty())
+  assert type(bar).__module__.startswith("tqdm")
+  bar.close()
