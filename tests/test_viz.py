@@ -105,3 +105,44 @@ def test_progress_on_a_tty_is_tqdm():
   bar = progress_bar(5, 0, True, "search", stream=Tty())
   assert type(bar).__module__.startswith("tqdm")
   bar.close()
+
+
+def test_darts_v2_dot_graph_has_the_right_nodes_and_edges():
+  from jdarts import viz
+  g = genotypes.genotype_to_json(genotypes.DARTS_V2)
+  nodes, _ = viz.genotype_cells(g)["normal"]
+  dot = viz.to_dot("normal", nodes, viz.genotype_cells(g)["normal"][1])
+  assert nodes == ["c_{k-2}", "c_{k-1}", "0", "1", "2", "3", "c_{k}"]
+  for n in nodes:
+    assert f'"{n}";' in dot
+  # By hand from the paper's fig. 4 (DARTS V2 normal cell).
+  assert sorted(viz.parse_dot_edges(dot)) == sorted([
+      ("c_{k-2}", "0", "sep_conv_3x3"), ("c_{k-1}", "0", "sep_conv_3x3"),
+      ("c_{k-2}", "1", "sep_conv_3x3"), ("c_{k-1}", "1", "sep_conv_3x3"),
+      ("c_{k-1}", "2", "sep_conv_3x3"), ("c_{k-2}", "2", "skip_connect"),
+      ("c_{k-2}", "3", "skip_connect"), ("0", "3", "dil_conv_3x3"),
+      ("0", "c_{k}", ""), ("1", "c_{k}", ""), ("2", "c_{k}", ""), ("3", "c_{k}", "")])
+  _, reduce_edges = viz.genotype_cells(g)["reduce"]
+  assert sorted(reduce_edges)[:3] == [("0", "1", "skip_connect"), ("0", "2", "skip_connect"),
+                                      ("0", "3", "skip_connect")]
+  assert len(reduce_edges) == 12
+
+
+def test_plot_command_draws_the_workdir(workdir, capsys):
+  from jdarts import cli, viz
+  assert cli.main(["plot", f"--workdir={workdir}"]) == 0
+  plots = workdir / "plots"
+  names = {p.name for p in plots.iterdir()}
+  expected = {"alpha_evolution_normal.png", "alpha_evolution_reduce.png", "alphas_normal.png",
+              "alphas_reduce.png", "cell_normal.dot", "cell_reduce.dot", "cell_normal.png",
+              "cell_reduce.png", "lr.png", "loss.png", "arch.png"}
+  assert expected <= names, expected - names
+  for n in names:
+    if n.endswith(".png"):
+      assert (plots / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  geno = json.loads((workdir / "genotype.json").read_text())
+  edges = viz.parse_dot_edges((plots / "cell_normal.dot").read_text())
+  assert [(s, d) for s, d, l in edges if l] == [
+      (("c_{k-2}", "c_{k-1}")[j], "0") for _, j in geno["normal"]]
+  assert cli.main(["plot", f"--workdir={workdir / 'nothing'}"]) == 2
+  assert "holds no search results" in capsys.readouterr().err
