@@ -132,6 +132,7 @@ def search_defaults() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.progress = True
   c.tensorboard = True  # workdir/tb: the metrics rows as TensorBoard events too
+  c.report = True       # workdir/report.md and workdir/plots/ at the end (~2 s)
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
   c.hypergrad = hypergrad_defaults()  # `jdarts hypergrad` (jdarts.hypergrad_report)
   # >0: every N steps compare hypergrad.methods against hypergrad.reference on

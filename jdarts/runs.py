@@ -127,8 +127,8 @@ def prepare_workdir(workdir: str) -> str:
 # workdir may change: they do not change what the checkpoint holds or the
 # numbers the run computes, only how long it runs, what it prints and where
 # it finds things. Anything else differing means another experiment.
-RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir", "tensorboard",
-                    "checkpoint.", "parallel.num_devices", "parallel.backend",
+RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir",
+                    "tensorboard", "report", "checkpoint.", "parallel.num_devices", "parallel.backend",
                     "data.data_dir", "data.num_threads", "data.worker_count", "hypergrad.",
                     "hypergrad_probe_every", "eval_batch_size", "eval_every_epochs")
 

@@ -12,6 +12,8 @@ search step on the run skeleton (`jdarts.runs.Run`) and writes to `workdir`:
 * `genotype.json`    the derived genotype, rewritten every epoch and at the end;
 * `alphas.json`      every alpha array as nested lists, keyed by name;
 * `alpha_history.jsonl` one row per epoch: step, epoch, genotype JSON, alphas;
+* `report.md`        config, times, throughput, genotype, its evaluation network's
+  size, and the pictures of `jdarts plot` in `plots/` (`jdarts.report`);
 * `summary.json`     final held-out metrics of the supernet (search-val, test);
 * `hypergrad_probe.jsonl` with `hypergrad_probe_every > 0`: every estimator
   of `hypergrad.methods` against `hypergrad.reference` on the state and batches
@@ -45,6 +47,7 @@ from jdarts import experiment
 from jdarts import hypergrad_probe
 from jdarts import parallel
 from jdarts import runs
+from jdarts import report
 from jdarts import search as search_lib
 
 log = logging.getLogger("jdarts")
@@ -193,7 +196,8 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
                                 else f"{k}: {res[k]:.4f}" for k in keys)
       print(f"supernet {name} {shown_metrics} ({int(res['count'])} held-out examples)")
   r.finish(step, summary)
-  if r.main:
+  if r.main and cfg.get("report", True):
+    print(f"report written to {report.write_report(workdir, cfg, space, genotype, summary)}")
     print(f"genotype written to {r.path('genotype.json')}: "
           f"{space.format_genotype(genotype)}")
   return summary

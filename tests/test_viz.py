@@ -146,3 +146,26 @@ def test_plot_command_draws_the_workdir(workdir, capsys):
       (("c_{k-2}", "c_{k-1}")[j], "0") for _, j in geno["normal"]]
   assert cli.main(["plot", f"--workdir={workdir / 'nothing'}"]) == 2
   assert "holds no search results" in capsys.readouterr().err
+
+
+def test_search_writes_a_report(workdir):
+  text = (workdir / "report.md").read_text()
+  for part in ("## Config", "| space | darts_cnn |", "| data.name | digits |",
+               "wall time:", "compilation included:", "throughput:", "images/s",
+               "## Final genotype", "normal_num_parameter_free", "## Evaluation network",
+               "`cifar` network, init_channels=36, layers=20", "parameters:",
+               "![alpha_evolution_normal](plots/alpha_evolution_normal.png)",
+               "![cell_normal](plots/cell_normal.png)", "tensorboard --logdir"):
+    assert part in text, part
+  geno = genotypes.genotype_from_json(json.loads((workdir / "genotype.json").read_text()))
+  assert genotypes.format_genotype(geno) in text
+  # The count `jdarts summary` gives for this genotype's network (independent path).
+  from jdarts import summary, train_config
+  c = train_config.train_defaults()
+  c.data.name, c.model.auxiliary = "digits", False
+  params = summary.summarize_eval(c, geno)["params"]
+  assert f"parameters: {params:,} " in text
+  for link in text.split("](")[1:]:
+    target = link.split(")")[0]
+    if not target.startswith("http"):
+      assert (workdir / target).exists(), target

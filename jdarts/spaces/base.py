@@ -141,6 +141,11 @@ class SpaceBase:
   """
   name: str = ""
   metric_names: Tuple[str, ...] = ()
+  # Optional: the `jdarts.models.MODELS` network that trains this space's
+  # genotypes, as `model` block keys ({'name': 'cifar'} plus any sizes that
+  # differ from jdarts.train_config's defaults); the search report counts its
+  # parameters. None: no evaluation network (the report skips the count).
+  eval_model: Optional[Mapping[str, Any]] = None
 
   @classmethod
   def validate_config(cls, model_cfg: Mapping[str, Any]) -> None:

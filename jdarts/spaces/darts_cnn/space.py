@@ -106,6 +106,7 @@ class DartsCNNSpace(SpaceBase):
 
   name = "darts_cnn"
   metric_names = ("accuracy",)
+  eval_model = {"name": "cifar"}  # the paper's CIFAR-10 network (sec. 3.2: C=36, 20 cells)
   # The op namespace and default candidates. A space with the same cell
   # structure over other operations (jdarts.spaces.sharp) subclasses this one
   # and sets both; None is `primitives.OPS`.

@@ -78,6 +78,8 @@ class NB201Space(SpaceBase):
 
   name = "nb201"
   metric_names = ("accuracy",)
+  # NAS-Bench-201's network (sec. 2.1: C=16, N=5 cells per stage).
+  eval_model = {"name": "nb201", "init_channels": 16, "cells_per_stage": 5}
 
   @classmethod
   def validate_config(cls, model_cfg: Mapping[str, Any]) -> None:
