@@ -128,9 +128,10 @@ def prepare_workdir(workdir: str) -> str:
 # numbers the run computes, only how long it runs, what it prints and where
 # it finds things. Anything else differing means another experiment.
 RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir",
-                    "tensorboard", "report", "checkpoint.", "parallel.num_devices", "parallel.backend",
-                    "data.data_dir", "data.num_threads", "data.worker_count", "hypergrad.",
-                    "hypergrad_probe_every", "eval_batch_size", "eval_every_epochs")
+                    "tensorboard", "report", "checkpoint.", "parallel.num_devices",
+                    "parallel.backend", "data.data_dir", "data.num_threads",
+                    "data.worker_count", "hypergrad.", "hypergrad_probe_every",
+                    "eval_batch_size", "eval_every_epochs")
 
 
 def _flatten(tree, prefix: str = "") -> Dict[str, Any]:
