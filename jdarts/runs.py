@@ -131,7 +131,7 @@ RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir
                     "tensorboard", "report", "checkpoint.", "parallel.num_devices",
                     "parallel.backend", "data.data_dir", "data.num_threads",
                     "data.worker_count", "hypergrad.", "hypergrad_probe_every",
-                    "eval_batch_size", "eval_every_epochs")
+                    "eval_batch_size", "eval_every_epochs", "collapse.")
 
 
 def _flatten(tree, prefix: str = "") -> Dict[str, Any]:
@@ -387,7 +387,8 @@ class Run:
       host_state: `state -> host copy` for checkpoints.
       extra: `step -> dict` saved beside the state (data positions, loop sums).
       on_log: `(step, last host metrics, rate)` after each 'train' row.
-      on_step: `(step, state)` after each step, before its checkpoint.
+      on_step: `(step, state)` after each step, before its checkpoint; a true
+        return ends the run after that step, as if it were the last.
       on_fetch: `([(step, host metrics), ...])` for every batch of metrics
         fetched (every step's metrics pass through it once).
       rate_name: the throughput's name in the rows.
@@ -428,9 +429,10 @@ class Run:
             on_log(step, last, rate)
         if self.bar is not None:
           self.bar.update(1)
-        if on_step is not None:
-          on_step(step, state)
+        stop = on_step is not None and on_step(step, state)
         self.save(step, lambda: host_state(state), extra)
+        if stop:  # the loop asked to end here (early stopping): a normal end
+          break
     finally:
       preempt.uninstall()
       if self.bar is not None:

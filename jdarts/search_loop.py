@@ -18,6 +18,9 @@ search step on the run skeleton (`jdarts.runs.Run`) and writes to `workdir`:
 * `hypergrad_probe.jsonl` with `hypergrad_probe_every > 0`: every estimator
   of `hypergrad.methods` against `hypergrad.reference` on the state and batches
   of every N-th step (`jdarts.hypergrad_probe.Probe`);
+* 'collapse' rows with `collapse.every_epochs > 0`: the dominant eigenvalue of
+  the alphas' validation-loss Hessian (`jdarts.collapse`); `collapse.early_stop`
+  ends the search by DARTS-ES and keeps the genotype from before the rise;
 * `checkpoints/<step>/` the whole search state and the data position
   (`jdarts.checkpoint`), every epoch (or `checkpoint.every_steps`), at the
   end, and on SIGTERM/SIGINT.
@@ -42,6 +45,7 @@ from typing import Any, Dict
 import jax
 
 from jdarts import arch_stats
+from jdarts import collapse
 from jdarts import evaluation
 from jdarts import experiment
 from jdarts import hypergrad_probe
@@ -79,6 +83,10 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     'compile_seconds', 'seconds'.
   """
   experiment.validate(cfg)
+  collapse.validate(cfg.collapse)
+  if cfg.collapse.early_stop and jax.process_count() > 1:
+    raise runs.ConfigError("collapse.early_stop runs on one process only (process 0 "
+                           "measures the eigenvalue); set it False for multi-host runs.")
   if cfg.get("hypergrad_probe_every", 0):
     hypergrad_probe.validate(cfg)  # before any work, not at the first probe
   r = runs.Run(cfg, workdir, "search", finite_keys=("train_loss", "val_loss"),
@@ -125,10 +133,16 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
            cfg.arch.method, search_lib.step_kind_for(cfg.arch),
            sum(x.size for x in jax.tree_util.tree_leaves(step_fn.get_state(state).params)),
            global_devices, step_fn.backend)
+  monitor = None
+  if cfg.collapse.every_epochs and r.main:
+    held_out = data.eval_batches.get("search_val") or next(iter(data.eval_batches.values()))
+    monitor = collapse.Monitor(cfg.collapse, eval_space, next(iter(held_out())),
+                               cfg.batch_size, cfg.seed)
   probe = None
   if cfg.get("hypergrad_probe_every", 0) and r.main:
     probe = hypergrad_probe.Probe(cfg, eval_space, w_opt, schedule, probe_path)
   timing = {"probe": 0.0}
+  stopped = {}  # DARTS-ES: the step at which the search stopped
   shown = ("loss",) + tuple(space.metric_names)[:1]
 
   def advance(state, step):
@@ -166,6 +180,15 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
                               "genotype": space.genotype_json(genotype),
                               "alphas": runs.to_jsonable(alphas)}) + "\n")
         r.say(f"epoch {step / spe:.2f} genotype: {space.format_genotype(genotype)}")
+        if monitor is not None and monitor.due(step // spe) and step % spe == 0:
+          s = step_fn.get_state(state)
+          row, stop = monitor(step, jax.device_get(s.params), alphas)
+          r.writer.write(step, "collapse", row)
+          r.say(f"epoch {step // spe} dominant alpha-Hessian eigenvalue "
+                f"{row['dominant_eigenvalue']:.4g}")
+          if stop:
+            stopped["at"] = step
+            return True
 
   state, step, compile_seconds = r.steps(
       state, start, total, advance, items_per_step=2 * cfg.batch_size * data.items_per_row,
@@ -182,10 +205,16 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     multihost_utils.assert_equal(jax.device_get(state.alphas),
                                  "the processes disagree on the alphas")
   summary = {"steps": step, "compile_seconds": compile_seconds}
-  genotype = space.derive(jax.device_get(state.alphas))
+  final_alphas = state.alphas
+  if stopped:  # DARTS-ES keeps the architecture from before the eigenvalue's rise
+    kept_step, final_alphas = monitor.kept()
+    summary["early_stopped"] = {"step": stopped["at"], "kept_step": kept_step}
+    r.say(f"DARTS-ES: stopped at step {stopped['at']}; keeping the genotype of step "
+          f"{kept_step}")
+  genotype = space.derive(jax.device_get(final_alphas))
   summary["genotype"] = space.genotype_json(genotype)
   if r.main:
-    save_outputs(workdir, space, state.alphas)
+    save_outputs(workdir, space, final_alphas)
   for name, batches in data.eval_batches.items():
     res = evaluation.evaluate(eval_space, eval_step, state.params, state.alphas, batches(),
                               batch_size=cfg.batch_size)

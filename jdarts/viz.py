@@ -11,7 +11,8 @@ What it reads (all written by `jdarts search`, `jdarts.search_loop`) and draws:
   ('normal'/'reduce' lists), recurrent DARTS ('recurrent'), NAS-Bench-201 ('arch').
 * `metrics.jsonl` -> `lr.png` (learning rates), `loss.png` (train/val loss),
   `arch.png` (alpha entropy and the genotype's parameter-free counts, the
-  collapse signs) when the rows hold them.
+  collapse signs), `collapse.png` (alpha-Hessian eigenvalues, jdarts.collapse)
+  when the rows hold them.
 * `hypergrad_probe.jsonl`, when present -> `hypergrad_probe.png` (each
   estimator's cosine similarity and relative error to the reference).
 
@@ -299,7 +300,7 @@ def _curves(plt, rows, keys: Sequence[str], path: str, title: str, ylabel: str,
 
 
 def plot_metrics(plt, rows, out_dir: str) -> List[str]:
-  """lr.png, loss.png and arch.png from metrics.jsonl rows."""
+  """lr.png, loss.png, arch.png and collapse.png from metrics.jsonl rows."""
   train = [r for r in rows if r.get("kind") == "train"]
   arch = [r for r in rows if r.get("kind") == "arch"]
   lr_keys = sorted({k for r in train for k in r if k == "lr" or k.endswith("_lr")})
@@ -311,6 +312,10 @@ def plot_metrics(plt, rows, out_dir: str) -> List[str]:
                       or "num_" in k})
   out += _curves(plt, arch, arch_keys, os.path.join(out_dir, "arch.png"),
                  "alpha entropy (nats) and genotype counts", "value")
+  coll = [r for r in rows if r.get("kind") == "collapse"]
+  out += _curves(plt, coll, ("top_eigenvalue", "dominant_eigenvalue", "max_eigenvalue",
+                             "min_eigenvalue"), os.path.join(out_dir, "collapse.png"),
+                 "alpha Hessian of the validation loss (RobustDARTS)", "eigenvalue")
   return out
 
 

@@ -48,3 +48,31 @@ def test_darts_es_stops_when_the_eigenvalue_rises_and_keeps_epoch_i_minus_k():
   assert es.keep_index == 2
   calm = collapse.EarlyStop(window=2, threshold=0.75)
   assert not any(calm.add(v) for v in (3.0, 2.0, 2.0, 2.5, 2.5, 2.6))  # falls, then flat
+
+
+def test_darts_es_ends_the_search_and_keeps_the_earlier_genotype(tmp_path, monkeypatch):
+  import json
+  import ml_collections
+  import helpers
+  from jdarts import search_loop
+  cfg = helpers.tiny_search_config(str(tmp_path / "cache"), epochs=4, max_steps=0)
+  cfg.space = "toy_mlp_cell"
+  cfg.model = ml_collections.ConfigDict(dict(hidden=8, dropout=0.0))
+  cfg.data.augment, cfg.data.train_portion = False, 0.01  # one step per epoch
+  cfg.checkpoint.enabled, cfg.report = False, False
+  cfg.arch.learning_rate = 0.3  # the alphas move, so the kept genotype can differ
+  cfg.collapse.update(every_epochs=1, early_stop=True, window=1)
+  rises = iter([False, True])  # the rule itself is tested above; here: what a stop does
+  monkeypatch.setattr(collapse.EarlyStop, "add",
+                      lambda self, v: self.values.append(v) or next(rises))
+  summary = search_loop.run(cfg, str(tmp_path / "run"))
+  assert summary["steps"] == 2 and summary["early_stopped"] == {"step": 2, "kept_step": 1}
+  hist = [json.loads(l) for l in (tmp_path / "run" / "alpha_history.jsonl").read_text()
+          .splitlines()]
+  assert [h["step"] for h in hist] == [1, 2]
+  assert json.loads((tmp_path / "run" / "genotype.json").read_text()) == hist[0]["genotype"]
+  np.testing.assert_allclose(
+      json.loads((tmp_path / "run" / "alphas.json").read_text())["cell"],
+      hist[0]["alphas"]["cell"])
+  rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["kind"] == "collapse"] == [1, 2]

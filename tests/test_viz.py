@@ -24,6 +24,10 @@ def workdir(tmp_path_factory):
   cfg.data.train_portion = 0.01   # a step or two of 8 rows per epoch
   cfg.data.augment = False
   cfg.checkpoint.enabled = False
+  cfg.collapse.every_epochs = 1   # eigenvalue by power iteration and the explicit spectrum
+  cfg.collapse.spectrum = True
+  cfg.collapse.power_iters = 200
+  cfg.collapse.tol = 1e-7
   search_loop.run(cfg, str(d / "run"))
   return d / "run"
 
@@ -135,7 +139,7 @@ def test_plot_command_draws_the_workdir(workdir, capsys):
   names = {p.name for p in plots.iterdir()}
   expected = {"alpha_evolution_normal.png", "alpha_evolution_reduce.png", "alphas_normal.png",
               "alphas_reduce.png", "cell_normal.dot", "cell_reduce.dot", "cell_normal.png",
-              "cell_reduce.png", "lr.png", "loss.png", "arch.png"}
+              "cell_reduce.png", "lr.png", "loss.png", "arch.png", "collapse.png"}
   assert expected <= names, expected - names
   for n in names:
     if n.endswith(".png"):
@@ -169,3 +173,12 @@ def test_search_writes_a_report(workdir):
     target = link.split(")")[0]
     if not target.startswith("http"):
       assert (workdir / target).exists(), target
+
+
+def test_collapse_rows_match_the_explicit_spectrum(workdir):
+  rows = [r for r in _rows(workdir) if r["kind"] == "collapse"]
+  assert len(rows) == 3  # every epoch
+  for r in rows:
+    dominant = max(r["max_eigenvalue"], r["min_eigenvalue"], key=abs)
+    assert r["dominant_eigenvalue"] == pytest.approx(dominant, rel=2e-2), r
+    assert r["top_eigenvalue"] == pytest.approx(r["max_eigenvalue"], rel=5e-2, abs=2e-3), r
