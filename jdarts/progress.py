@@ -25,15 +25,17 @@ class LineProgress:
     self.total, self.n, self.desc, self.every_s = total, initial, desc, every_s
     self.stream = stream if stream is not None else sys.stdout
     self.postfix: Dict[str, Any] = {}
-    self.t0 = self.t_last = time.time()
+    self.t_last = time.time()
     self.n0 = initial
 
   def update(self, n: int = 1) -> None:
     self.n += n
     now = time.time()
     if now - self.t_last >= self.every_s or self.n >= self.total:
-      self.t_last = now
-      rate = (self.n - self.n0) / max(now - self.t0, 1e-9)
+      # The rate since the last line: the first step's compilation would
+      # otherwise weigh on every later line.
+      rate = (self.n - self.n0) / max(now - self.t_last, 1e-9)
+      self.t_last, self.n0 = now, self.n
       post = "".join(f" {k}={v}" for k, v in self.postfix.items())
       self.write(f"{self.desc}: step {self.n}/{self.total} "
                  f"({100 * self.n / max(self.total, 1):.0f}%, {rate:.2f} step/s){post}")
