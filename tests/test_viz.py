@@ -182,3 +182,20 @@ def test_collapse_rows_match_the_explicit_spectrum(workdir):
     dominant = max(r["max_eigenvalue"], r["min_eigenvalue"], key=abs)
     assert r["dominant_eigenvalue"] == pytest.approx(dominant, rel=2e-2), r
     assert r["top_eigenvalue"] == pytest.approx(r["max_eigenvalue"], rel=5e-2, abs=2e-3), r
+
+
+def test_nb201_and_recurrent_cell_graphs_by_hand():
+  from jdarts import viz
+  nodes, edges = viz.genotype_cells(
+      {"arch": "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|none~0|none~1|nor_conv_1x1~2|",
+       "skip_connect": 1})["cell"]
+  assert nodes == ["0", "1", "2", "3"]
+  assert edges == [("0", "1", "nor_conv_3x3"), ("0", "2", "skip_connect"),
+                   ("1", "2", "avg_pool_3x3"), ("0", "3", "none"), ("1", "3", "none"),
+                   ("2", "3", "nor_conv_1x1")]
+  nodes, edges = viz.genotype_cells({"recurrent": [["sigmoid", 0], ["relu", 1]],
+                                     "concat": [1, 2]})["recurrent"]
+  assert nodes == ["x_{t}", "h_{t-1}", "0", "1", "2", "h_{t}"]
+  assert edges == [("x_{t}", "0", ""), ("h_{t-1}", "0", ""), ("0", "1", "sigmoid"),
+                   ("1", "2", "relu"), ("1", "h_{t}", "avg"), ("2", "h_{t}", "avg")]
+  assert viz.genotype_cells({"channels": [3, 8], "primitives": ["x"], "score": 1.0}) == {}
