@@ -36,12 +36,12 @@ def _rows(workdir):
   return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_tensorboard_events_hold_the_logged_rows(workdir):
+def _events_equal_rows(workdir):
+  """Reads workdir/tb with TensorBoard's own reader; every numeric row value is there."""
   from tensorboard.backend.event_processing import event_accumulator
   acc = event_accumulator.EventAccumulator(str(workdir / "tb"),
                                            size_guidance={"scalars": 0, "tensors": 0})
   acc.Reload()
-  tags = set(acc.Tags()["scalars"])
   n = 0
   for row in _rows(workdir):
     for k, v in row.items():
@@ -50,6 +50,12 @@ def test_tensorboard_events_hold_the_logged_rows(workdir):
       events = {e.step: e.value for e in acc.Scalars(f"{row['kind']}/{k}")}
       assert events[row["step"]] == pytest.approx(v, rel=1e-6, abs=1e-30), (row["kind"], k)
       n += 1
+  return acc, n
+
+
+def test_tensorboard_events_hold_the_logged_rows(workdir):
+  acc, n = _events_equal_rows(workdir)
+  tags = set(acc.Tags()["scalars"])
   assert n > 20 and "train/train_loss" in tags and "arch/normal_num_parameter_free" in tags
   texts = acc.Tensors("genotype")
   assert len(texts) == 3  # one per epoch
@@ -199,3 +205,23 @@ def test_nb201_and_recurrent_cell_graphs_by_hand():
   assert edges == [("x_{t}", "0", ""), ("h_{t-1}", "0", ""), ("0", "1", "sigmoid"),
                    ("1", "2", "relu"), ("1", "h_{t}", "avg"), ("2", "h_{t}", "avg")]
   assert viz.genotype_cells({"channels": [3, 8], "primitives": ["x"], "score": 1.0}) == {}
+
+
+def test_train_runs_write_the_same_events(tmp_path):
+  import os
+  from jdarts import cli
+  genotypes.save_genotype(genotypes.genotype_from_json(
+      {"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]], "normal_concat": [2],
+       "reduce": [["max_pool_3x3", 0], ["sep_conv_3x3", 1]], "reduce_concat": [2]}),
+      str(tmp_path / "genotype.json"))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  assert cli.main(["train", f"--config={repo}/configs/train_quickstart.py",
+                   f"--config.genotype={tmp_path / 'genotype.json'}",
+                   "--config.model.init_channels=4", "--config.model.layers=1",
+                   "--config.model.stem_multiplier=1", "--config.batch_size=8",
+                   "--config.max_steps=3", "--config.log_every=1", "--config.progress=False",
+                   "--config.checkpoint.enabled=False", "--config.parallel.num_devices=1",
+                   f"--config.compilation_cache_dir={tmp_path / 'cache'}",
+                   f"--workdir={tmp_path / 'run'}"]) == 0
+  acc, n = _events_equal_rows(tmp_path / "run")
+  assert n >= 9 and "train/loss" in acc.Tags()["scalars"]
