@@ -24,6 +24,7 @@ setuptools.setup(
         "scikit-learn>=1.3",  # ships the offline quickstart dataset (8x8 digits)
         "pillow>=9",  # ImageNet: JPEG decoding (tfds.data_source) and augmentation
         "tqdm>=4.60",
+        "tensorboard>=2.12",  # event files (pure-Python writer; no TensorFlow needed)
     ],
     extras_require={
         "cuda12": ["jax[cuda12]"],

@@ -26,7 +26,7 @@ import tempfile
 import traceback
 from typing import List, Optional
 
-COMMANDS = ("search", "hypergrad", "summary", "train")
+COMMANDS = ("search", "hypergrad", "summary", "train", "plot")
 
 USAGE = """usage: jdarts COMMAND --config=configs/NAME.py[:variant] --workdir=DIR [--config.key=value ...]
 
@@ -46,6 +46,9 @@ commands:
            --config.genotype=NAME|random:SEED|genotype.json|search workdir); writes
            DIR/metrics.jsonl, DIR/summary.json, DIR/genotype.json, DIR/config.json and
            DIR/checkpoints/ (a rerun in DIR resumes)
+  plot     pictures of a search workdir in DIR/plots/ (no --config): alpha evolution,
+           final-alpha heatmaps, the derived cells (DOT, PNG), learning rate, losses,
+           hypergradient probe curves
 
 --debug prints the traceback of an unexpected error (it is always written to
 DIR/jdarts-error.log, or a temporary file without a workdir).
@@ -143,6 +146,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   rest = [a for a in rest if a != "--debug"]
   workdir = None
   try:
+    if command == "plot":
+      return _plot(rest)
     as_json = command == "summary" and "--json" in rest
     if command == "summary":
       rest = [a for a in rest if a != "--json"]
@@ -198,6 +203,20 @@ def _write_error_log(command: str, workdir: Optional[str], argv: List[str]) -> s
     return path
   except OSError:
     return "<unwritable>"
+
+
+def _plot(argv: List[str]) -> int:
+  """`jdarts plot --workdir=DIR`: writes DIR/plots/ and lists the files."""
+  from jdarts import viz
+  dirs = [a[len("--workdir="):] for a in argv if a.startswith("--workdir=")]
+  other = [a for a in argv if not a.startswith("--workdir=")]
+  if len(dirs) != 1 or not dirs[0] or other:
+    raise UsageError("plot takes exactly --workdir=DIR (a search workdir), got "
+                     f"{' '.join(argv) or 'nothing'}.")
+  written = viz.plot_workdir(dirs[0])
+  print(f"wrote {len(written)} files to {os.path.join(dirs[0], 'plots')}: "
+        + ", ".join(os.path.basename(w) for w in written))
+  return 0
 
 
 def _run_loop(command: str, config, workdir: str) -> int:

@@ -133,12 +133,23 @@ def search_defaults() -> ml_collections.ConfigDict:
       async_save=False))
   c.log_every = 10
   c.progress = True
+  c.tensorboard = True  # workdir/tb: the metrics rows as TensorBoard events too
+  c.report = True       # workdir/report.md and workdir/plots/ at the end (~2 s)
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
   c.hypergrad = hypergrad_defaults()  # `jdarts hypergrad` (jdarts.hypergrad_report)
   # >0: every N steps compare hypergrad.methods against hypergrad.reference on
   # the step's own state and batches (workdir/hypergrad_probe.jsonl); costs one
   # call of every method per probe, plus compiling each once.
   c.hypergrad_probe_every = 0
+  # Collapse diagnostics (jdarts.collapse; RobustDARTS, Zela et al. 2020): every N
+  # epochs the dominant eigenvalue of the alpha Hessian of the validation loss
+  # (one fixed search-val batch), power iteration on exact HVPs; 'spectrum' also
+  # computes the explicit Hessian's extreme eigenvalues; 'early_stop' is DARTS-ES
+  # (stop when the window-mean rises by 1/threshold; keep the genotype `window`
+  # measurements earlier).
+  c.collapse = ml_collections.ConfigDict(dict(
+      every_epochs=0, power_iters=20, tol=1e-4, spectrum=False,
+      early_stop=False, window=5, threshold=0.75))
   return c
 
 

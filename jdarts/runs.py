@@ -29,7 +29,9 @@ import jax
 import numpy as np
 
 from jdarts import checkpoint as ckpt_lib
+from jdarts import event_writer
 from jdarts import parallel
+from jdarts.progress import LineProgress, progress_bar  # noqa: F401 (re-exported)
 from jdarts.config_lib import ConfigError
 
 log = logging.getLogger("jdarts")
@@ -126,9 +128,10 @@ def prepare_workdir(workdir: str) -> str:
 # numbers the run computes, only how long it runs, what it prints and where
 # it finds things. Anything else differing means another experiment.
 RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir",
-                    "checkpoint.", "parallel.num_devices", "parallel.backend",
-                    "data.data_dir", "data.num_threads", "data.worker_count", "hypergrad.",
-                    "hypergrad_probe_every", "eval_batch_size", "eval_every_epochs")
+                    "tensorboard", "report", "checkpoint.", "parallel.num_devices",
+                    "parallel.backend", "data.data_dir", "data.num_threads",
+                    "data.worker_count", "hypergrad.", "hypergrad_probe_every",
+                    "eval_batch_size", "eval_every_epochs", "collapse.")
 
 
 def _flatten(tree, prefix: str = "") -> Dict[str, Any]:
@@ -246,18 +249,6 @@ class MetricsWriter:
       f.write(json.dumps(row) + "\n")
 
 
-def progress_bar(total: int, initial: int, enabled: bool, desc: str):
-  """A tqdm bar, or None when disabled or tqdm is missing."""
-  if not enabled:
-    return None
-  try:
-    from tqdm import auto as tqdm
-  except ImportError:  # tqdm is a dependency, but keep the loop usable without it
-    return None
-  return tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                   desc=desc)
-
-
 class Run:
   """The shared machinery of one `jdarts search` or `jdarts train` run.
 
@@ -281,7 +272,10 @@ class Run:
     self.finite_keys, self.nan_hint = finite_keys, nan_hint
     self.main = jax.process_index() == 0
     self.t_start = time.time()
-    self.writer = MetricsWriter(workdir) if self.main else None
+    self.writer = None
+    if self.main:  # metrics.jsonl, and the same rows as TensorBoard events (workdir/tb)
+      tb = event_writer.open_tensorboard(workdir) if cfg.get("tensorboard", True) else None
+      self.writer = event_writer.MultiWriter([MetricsWriter(workdir)] + ([tb] if tb else []))
     self.ckpt: Optional[ckpt_lib.Checkpointer] = None
     self.bar = None
     self._pending: List[Tuple[int, Any]] = []
@@ -407,7 +401,8 @@ class Run:
       host_state: `state -> host copy` for checkpoints.
       extra: `step -> dict` saved beside the state (data positions, loop sums).
       on_log: `(step, last host metrics, rate)` after each 'train' row.
-      on_step: `(step, state)` after each step, before its checkpoint.
+      on_step: `(step, state)` after each step, before its checkpoint; a true
+        return ends the run after that step, as if it were the last.
       on_fetch: `([(step, host metrics), ...])` for every batch of metrics
         fetched (every step's metrics pass through it once).
       rate_name: the throughput's name in the rows.
@@ -453,9 +448,10 @@ class Run:
             on_log(step, last, rate)
         if self.bar is not None:
           self.bar.update(1)
-        if on_step is not None:
-          on_step(step, state)
+        stop = on_step is not None and on_step(step, state)
         self.save(step, lambda: host_state(state), extra)
+        if stop:  # the loop asked to end here (early stopping): a normal end
+          break
     finally:
       preempt.uninstall()
       if self.bar is not None:
@@ -484,4 +480,5 @@ class Run:
       self.writer.write(step, "final", {k: v for k, v in summary.items()
                                         if isinstance(v, (int, float)) and v is not None})
       write_json(self.path("summary.json"), summary)
+      self.writer.close()
     sys.stdout.flush()

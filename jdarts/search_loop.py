@@ -7,13 +7,22 @@ search step on the run skeleton (`jdarts.runs.Run`) and writes to `workdir`:
 * `metrics.jsonl`    one JSON object per log interval / epoch / final evaluation;
   `grad_clipped` in it is the fraction of the interval's steps whose weight
   gradient the clip scaled (the other metrics: the interval's last step);
+  'arch' rows hold the alpha entropy per array every log interval and, each
+  epoch, the space's `genotype_stats` (`jdarts.arch_stats`);
+* `tb/`              the same rows as TensorBoard events, and the genotype as
+  text each epoch (`jdarts.event_writer`; `tensorboard --logdir WORKDIR`);
 * `genotype.json`    the derived genotype, rewritten every epoch and at the end;
 * `alphas.json`      every alpha array as nested lists, keyed by name;
 * `alpha_history.jsonl` one row per epoch: step, epoch, genotype JSON, alphas;
+* `report.md`        config, times, throughput, genotype, its evaluation network's
+  size, and the pictures of `jdarts plot` in `plots/` (`jdarts.report`);
 * `summary.json`     final held-out metrics of the supernet (search-val, test);
 * `hypergrad_probe.jsonl` with `hypergrad_probe_every > 0`: every estimator
   of `hypergrad.methods` against `hypergrad.reference` on the state and batches
   of every N-th step (`jdarts.hypergrad_probe.Probe`);
+* 'collapse' rows with `collapse.every_epochs > 0`: the dominant eigenvalue of
+  the alphas' validation-loss Hessian (`jdarts.collapse`); `collapse.early_stop`
+  ends the search by DARTS-ES and keeps the genotype from before the rise;
 * `checkpoints/<step>/` the whole search state and the data position
   (`jdarts.checkpoint`), every epoch (or `checkpoint.every_steps`), at the
   end, and on SIGTERM/SIGINT.
@@ -37,11 +46,14 @@ from typing import Any, Dict
 
 import jax
 
+from jdarts import arch_stats
+from jdarts import collapse
 from jdarts import evaluation
 from jdarts import experiment
 from jdarts import hypergrad_probe
 from jdarts import parallel
 from jdarts import runs
+from jdarts import report
 from jdarts import search as search_lib
 
 log = logging.getLogger("jdarts")
@@ -73,6 +85,10 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     'compile_seconds', 'seconds'.
   """
   experiment.validate(cfg)
+  collapse.validate(cfg.collapse)
+  if cfg.collapse.early_stop and jax.process_count() > 1:
+    raise runs.ConfigError("collapse.early_stop runs on one process only (process 0 "
+                           "measures the eigenvalue); set it False for multi-host runs.")
   if cfg.get("hypergrad_probe_every", 0):
     hypergrad_probe.validate(cfg)  # before any work, not at the first probe
   r = runs.Run(cfg, workdir, "search", finite_keys=("train_loss", "val_loss"),
@@ -119,10 +135,16 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
            cfg.arch.method, search_lib.step_kind_for(cfg.arch),
            sum(x.size for x in jax.tree_util.tree_leaves(step_fn.get_state(state).params)),
            global_devices, step_fn.backend)
+  monitor = None
+  if cfg.collapse.every_epochs and r.main:
+    held_out = data.eval_batches.get("search_val") or next(iter(data.eval_batches.values()))
+    monitor = collapse.Monitor(cfg.collapse, eval_space, next(iter(held_out())),
+                               cfg.batch_size, cfg.seed)
   probe = None
   if cfg.get("hypergrad_probe_every", 0) and r.main:
     probe = hypergrad_probe.Probe(cfg, eval_space, w_opt, schedule, probe_path)
   timing = {"probe": 0.0}
+  stopped = {}  # DARTS-ES: the step at which the search stopped
   shown = ("loss",) + tuple(space.metric_names)[:1]
 
   def advance(state, step):
@@ -142,10 +164,17 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
                          f"{data.unit}/s": f"{rate:.0f}"}, refresh=False)
 
   def on_step(step, state):
-    if step % spe == 0 or step == total:
+    epoch_end = step % spe == 0 or step == total
+    if r.main and not epoch_end and step % cfg.log_every == 0:
+      r.writer.write(step, "arch", arch_stats.alpha_entropy(
+          jax.device_get(step_fn.get_state(state).alphas)))
+    if epoch_end:
       alphas = jax.device_get(step_fn.get_state(state).alphas)
       if r.main:
         genotype = save_outputs(workdir, space, alphas)
+        r.writer.write(step, "arch", {**arch_stats.alpha_entropy(alphas),
+                                      **arch_stats.genotype_stats(space, genotype)})
+        r.writer.text(step, "genotype", space.format_genotype(genotype))
         # The architecture over the search (collapse diagnostics, e.g. Single-DARTS
         # sec. 5.2: parameter-free operations taking over).
         with open(r.path("alpha_history.jsonl"), "a") as f:
@@ -153,6 +182,15 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
                               "genotype": space.genotype_json(genotype),
                               "alphas": runs.to_jsonable(alphas)}) + "\n")
         r.say(f"epoch {step / spe:.2f} genotype: {space.format_genotype(genotype)}")
+        if monitor is not None and monitor.due(step // spe) and step % spe == 0:
+          s = step_fn.get_state(state)
+          row, stop = monitor(step, jax.device_get(s.params), alphas)
+          r.writer.write(step, "collapse", row)
+          r.say(f"epoch {step // spe} dominant alpha-Hessian eigenvalue "
+                f"{row['dominant_eigenvalue']:.4g}")
+          if stop:
+            stopped["at"] = step
+            return True
 
   state, step, compile_seconds = r.steps(
       state, start, total, advance, items_per_step=2 * cfg.batch_size * data.items_per_row,
@@ -171,10 +209,16 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     multihost_utils.assert_equal(jax.device_get(state.alphas),
                                  "the processes disagree on the alphas")
   summary = {"steps": step, "compile_seconds": compile_seconds}
-  genotype = space.derive(jax.device_get(state.alphas))
+  final_alphas = state.alphas
+  if stopped:  # DARTS-ES keeps the architecture from before the eigenvalue's rise
+    kept_step, final_alphas = monitor.kept()
+    summary["early_stopped"] = {"step": stopped["at"], "kept_step": kept_step}
+    r.say(f"DARTS-ES: stopped at step {stopped['at']}; keeping the genotype of step "
+          f"{kept_step}")
+  genotype = space.derive(jax.device_get(final_alphas))
   summary["genotype"] = space.genotype_json(genotype)
   if r.main:
-    save_outputs(workdir, space, state.alphas)
+    save_outputs(workdir, space, final_alphas)
   for name, batches in data.eval_batches.items():
     res = evaluation.evaluate(eval_space, eval_step, state.params, state.alphas, batches(),
                               batch_size=cfg.batch_size)
@@ -185,7 +229,8 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
                                 else f"{k}: {res[k]:.4f}" for k in keys)
       print(f"supernet {name} {shown_metrics} ({int(res['count'])} held-out examples)")
   r.finish(step, summary)
-  if r.main:
+  if r.main and cfg.get("report", True):
+    print(f"report written to {report.write_report(workdir, cfg, space, genotype, summary)}")
     print(f"genotype written to {r.path('genotype.json')}: "
           f"{space.format_genotype(genotype)}")
   return summary

@@ -89,6 +89,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       async_save=False))
   c.log_every = 50                  # reference --report_freq 50
   c.progress = True
+  c.tensorboard = True  # workdir/tb: the metrics rows as TensorBoard events too
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
   return c
 

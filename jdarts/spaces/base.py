@@ -123,6 +123,15 @@ class SearchSpace(Protocol):
   def format_genotype(self, genotype: Any) -> str:
     """A one-line human-readable form of a genotype."""
 
+  def genotype_stats(self, genotype: Any) -> Dict[str, float]:
+    """Optional: numbers that describe a genotype, logged every epoch.
+
+    E.g. {'num_skip_connect': 2, 'num_parameter_free': 3} (collapse
+    diagnostics: parameter-free operations taking over a DARTS cell). The
+    search loop logs them as 'arch' rows (metrics.jsonl, TensorBoard); `{}`
+    (SpaceBase's default) logs nothing.
+    """
+
 
 class SpaceBase:
   """Defaults for the optional parts of `SearchSpace`; subclass it to write less.
@@ -132,6 +141,11 @@ class SpaceBase:
   """
   name: str = ""
   metric_names: Tuple[str, ...] = ()
+  # Optional: the `jdarts.models.MODELS` network that trains this space's
+  # genotypes, as `model` block keys ({'name': 'cifar'} plus any sizes that
+  # differ from jdarts.train_config's defaults); the search report counts its
+  # parameters. None: no evaluation network (the report skips the count).
+  eval_model: Optional[Mapping[str, Any]] = None
 
   @classmethod
   def validate_config(cls, model_cfg: Mapping[str, Any]) -> None:
@@ -149,6 +163,10 @@ class SpaceBase:
 
   def format_genotype(self, genotype: Any) -> str:
     return str(genotype)
+
+  def genotype_stats(self, genotype: Any) -> Dict[str, float]:
+    del genotype
+    return {}
 
 
 def config_get(cfg: Any, key: str, default: Any) -> Any:

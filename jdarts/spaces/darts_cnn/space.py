@@ -106,6 +106,7 @@ class DartsCNNSpace(SpaceBase):
 
   name = "darts_cnn"
   metric_names = ("accuracy",)
+  eval_model = {"name": "cifar"}  # the paper's CIFAR-10 network (sec. 3.2: C=36, 20 cells)
   # The op namespace and default candidates. A space with the same cell
   # structure over other operations (jdarts.spaces.sharp) subclasses this one
   # and sets both; None is `primitives.OPS`.
@@ -241,6 +242,16 @@ class DartsCNNSpace(SpaceBase):
 
   def format_genotype(self, genotype) -> str:
     return genotypes_lib.format_genotype(genotype)
+
+  def genotype_stats(self, genotype) -> Dict[str, float]:
+    """Skip-connections and parameter-free operations per cell (the `OpInfo` metadata)."""
+    out = {}
+    for cell in ("normal", "reduce"):
+      names = [op for op, _ in getattr(genotype, cell)]
+      out[f"{cell}_num_skip_connect"] = float(names.count("skip_connect"))
+      out[f"{cell}_num_parameter_free"] = float(sum(
+          primitives_lib.op_info(op, self.op_registry).parameter_free for op in names))
+    return out
 
   def summarize(self, means: Dict[str, float]) -> Dict[str, float]:
     """The count-weighted means themselves: loss and accuracy need no transform."""

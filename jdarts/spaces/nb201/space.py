@@ -78,6 +78,8 @@ class NB201Space(SpaceBase):
 
   name = "nb201"
   metric_names = ("accuracy",)
+  # NAS-Bench-201's network (sec. 2.1: C=16, N=5 cells per stage).
+  eval_model = {"name": "nb201", "init_channels": 16, "cells_per_stage": 5}
 
   @classmethod
   def validate_config(cls, model_cfg: Mapping[str, Any]) -> None:
@@ -158,6 +160,12 @@ class NB201Space(SpaceBase):
 
   def format_genotype(self, genotype) -> str:
     return genotype_lib.arch_to_str(genotype)
+
+  def genotype_stats(self, genotype) -> Dict[str, float]:
+    """Skip-connections and parameter-free edges of the cell (`count_ops`)."""
+    counts = genotype_lib.count_ops(genotype)
+    return {"num_skip_connect": float(counts["skip_connect"]),
+            "num_parameter_free": float(counts["parameter_free"])}
 
 
 __all__ = ["NB201Space", "check_alpha_init"]

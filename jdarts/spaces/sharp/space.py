@@ -22,6 +22,7 @@ from jdarts.spaces.sharp import primitives
 class SharpSpace(DartsCNNSpace):
   """sharpDARTS: DARTS cells over Table 1's operations."""
   name = "sharp"
+  eval_model = {"name": "sharp_cifar"}
   op_registry = primitives.OPS
   default_primitives = primitives.PRIMITIVES
 
@@ -30,6 +31,7 @@ class SharpSpace(DartsCNNSpace):
 class SharpSepConvDartsSpace(DartsCNNSpace):
   """SharpSepConvDARTS: DARTS's candidates, every convolution a SharpSepConv block."""
   name = "sharp_sep_conv_darts"
+  eval_model = {"name": "sharp_cifar"}
   op_registry = primitives.OPS
   default_primitives = primitives.DARTS_PRIMITIVES
 
