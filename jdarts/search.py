@@ -189,7 +189,8 @@ def _metrics(ctx: StepContext, state, train_aux, val_aux, grad_norm, alpha_grad_
   clipped = (grad_norm > ctx.grad_clip) if ctx.grad_clip > 0 else jnp.zeros((), bool)
   metrics.update(lr=jnp.asarray(ctx.schedule(state.step), jnp.float32),
                  grad_norm=grad_norm, alpha_grad_norm=alpha_grad_norm,
-                 grad_clipped=clipped.astype(jnp.float32))
+                 grad_clipped=clipped.astype(jnp.float32),
+                 param_norm=_norm(state.params))  # the weights this step starts from
   return metrics
 
 
@@ -359,7 +360,8 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
   Returns:
     The step function; metrics are float32 scalars: train_loss, val_loss,
     train_<m> and val_<m> for each of `space.metric_names`, lr, grad_norm,
-    alpha_grad_norm, grad_clipped (1.0 when grad_norm > optim.grad_clip, i.e.
+    alpha_grad_norm, param_norm (of the weights the step starts from),
+    grad_clipped (1.0 when grad_norm > optim.grad_clip, i.e.
     the real update clipped the weight gradient; 0.0 without optim_cfg), and
     grad_correlation when asked.
   """

@@ -132,7 +132,7 @@ def make_train_step(net, tx: optax.GradientTransformation, lr_schedule: Callable
 
   Returns:
     The step; metrics are float32 scalars: loss, main_loss, aux_loss,
-    accuracy, lr, grad_norm, drop_path_prob.
+    accuracy, lr, grad_norm, param_norm (before the update), drop_path_prob.
   """
   def step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -162,6 +162,7 @@ def make_train_step(net, tx: optax.GradientTransformation, lr_schedule: Callable
     params = optax.apply_updates(state.params, updates)
     metrics.update(lr=jnp.asarray(lr_schedule(state.step), jnp.float32),
                    grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(state.params),  # before this update
                    drop_path_prob=jnp.asarray(p, jnp.float32))
     new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                         opt_state=opt_state)

@@ -200,6 +200,7 @@ def test_perplexity_falls_on_a_tiny_corpus():
   assert space.summarize({"loss": last})["perplexity"] < 0.5 * np.exp(first), (first, last)
 
 
+@pytest.mark.slow  # minutes of second-order compilation on 2 CPU cores; --runslow
 def test_exact_hvp_equals_unrolled_in_float64(x64):
   """Plain-SGD virtual step: eq. 7 by Hessian-vector products == autodiff through it."""
   space = _space(dtype="float64", dropout_x=0.3, dropout_h=0.3, dropout_out=0.3,

@@ -10,6 +10,7 @@ below, on activations whose mean dwarfs their spread.
 """
 import jax
 import numpy as np
+import pytest
 
 import helpers
 from jdarts import experiment, ops, parallel, search
@@ -32,6 +33,7 @@ def _run(cfg, data_info, batches, n):
   return out
 
 
+@pytest.mark.slow  # minutes of second-order compilation on 2 CPU cores; --runslow
 def test_one_and_four_devices_agree_over_ten_steps():
   assert jax.local_device_count() >= 4
   cfg = helpers.tiny_search_config(batch_size=16)

@@ -76,6 +76,7 @@ def test_alpha_gradient_of_a_mixed_edge_ignores_the_max_op_output():
   assert float(jnp.abs(g1[1])) > 0.0                     # yet alpha_max's gradient is not zero
 
 
+@pytest.mark.slow  # minutes of second-order compilation on 2 CPU cores; --runslow
 def test_darts_cnn_search_with_max_w_runs(tmp_path):
   """A Max-W search (first order) on the DARTS CNN space runs through the CLI."""
   with jax.enable_x64(False):

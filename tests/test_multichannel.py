@@ -72,7 +72,10 @@ def test_derive_is_the_best_path_of_the_mixed_weights():
   assert np.sum(w[0] == 1.0) == 1 and np.sum(w[1] == 1.0) == 1
 
 
-@pytest.mark.parametrize("method", ["first_order", "exact_hvp"])
+@pytest.mark.parametrize("method", [
+    "first_order",
+    # Second-order compilation takes minutes on 2 CPU cores; --runslow.
+    pytest.param("exact_hvp", marks=pytest.mark.slow)])
 def test_quickstart_multichannel_searches(tmp_path, method):
   """configs/quickstart_multichannel.py for 2 steps through the CLI, both gradient orders."""
   rc = cli.main(["search", "--config=configs/quickstart_multichannel.py",

@@ -175,6 +175,7 @@ def _arch(cfg, method):
   return a
 
 
+@pytest.mark.slow  # minutes of second-order compilation on 2 CPU cores; --runslow
 def test_every_estimator_runs_on_a_tiny_nb201_space():
   """first_order, exact_hvp, unrolled, finite_difference; exact_hvp equals unrolled."""
   from jdarts import hypergrad

@@ -66,6 +66,7 @@ def test_parallel_step_equals_single_device(single, backend, n):
   assert int(state.step) == 3
 
 
+@pytest.mark.slow  # minutes of second-order compilation on 2 CPU cores; --runslow
 def test_second_order_step_on_devices_equals_single_device():
   """The virtual weight step inside the exact hypergradient uses the gradient
   averaged over all devices: 2 devices give the 1-device state."""

@@ -55,14 +55,19 @@ def test_fused_first_order_equals_two_separate_gradients():
   plain = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched))
   s1, s2 = state, state
   for i in range(2):
+    before = np.sqrt(sum(float(np.sum(np.asarray(x, np.float64) ** 2))
+                         for x in jax.tree_util.tree_leaves(s2.params)))
     s1, m1 = fused(s1, b[2 * i], b[2 * i + 1])
     s2, m2 = plain(s2, b[2 * i], b[2 * i + 1])
+    # param_norm: the norm of the weights the step started from (numpy, float64).
+    np.testing.assert_allclose(float(m2["param_norm"]), before, rtol=1e-5)
   # float32 round-off of two differently fused graphs: ~1e-6 absolute.
   _tree_close(s1.params, s2.params, rtol=1e-4, atol=1e-5)
   _tree_close(s1.alphas, s2.alphas, rtol=1e-4, atol=1e-5)
   _tree_close(s1.w_opt_state, s2.w_opt_state, rtol=1e-4, atol=1e-5)
   assert int(s1.step) == 2
-  for k in ("train_loss", "val_loss", "train_accuracy", "alpha_grad_norm", "grad_norm"):
+  for k in ("train_loss", "val_loss", "train_accuracy", "alpha_grad_norm", "grad_norm",
+            "param_norm"):
     np.testing.assert_allclose(m1[k], m2[k], rtol=1e-4, err_msg=k)
   # The alphas moved, so the comparison above is not vacuous.
   assert float(jnp.abs(s1.alphas["normal"] - state.alphas["normal"]).max()) > 1e-3
@@ -124,6 +129,7 @@ def test_exact_hvp_step_equals_unrolled_step():
   assert abs(float(m_fo["alpha_grad_norm"]) - float(m_ref["alpha_grad_norm"])) > 1e-3
 
 
+@pytest.mark.slow  # minutes of second-order compilation on 2 CPU cores; --runslow
 @pytest.mark.usefixtures("x64")
 def test_finite_differences_on_the_supernet_need_a_small_eps():
   """float64, real supernet: eq. 8 converges to the exact HVP result once the

@@ -82,7 +82,10 @@ def test_supernet_uses_sharp_sep_conv_blocks():
   assert all(leaves[p].shape[-1] == 32 for p in mids)
 
 
-@pytest.mark.parametrize("method", ["first_order", "exact_hvp"])
+@pytest.mark.parametrize("method", [
+    "first_order",
+    # Second-order compilation takes minutes on 2 CPU cores; --runslow.
+    pytest.param("exact_hvp", marks=pytest.mark.slow)])
 def test_tiny_sharp_search_end_to_end(tmp_path, method):
   """A 2-step search of a 1-node 'sharp' supernet through the CLI, both gradient orders."""
   config = helpers.write_tiny_config(
