@@ -20,7 +20,7 @@ respect to the alphas grows, and propose DARTS-ES: stop early when it rises.
 * `EarlyStop`: the DARTS-ES rule, stop at epoch i when
   mean(lambda over epochs i-2k+1..i-k) / mean(lambda over i-k+1..i) < T and
   keep the genotype of epoch i-k (the paper's T=0.75, k=5, quoted from memory
-  of its sec. 4.3: the paper is not in /work/shared/papers).
+  of its sec. 4.3: the paper is not among the project's reference papers).
 
 `fn(alphas) -> scalar` is the validation loss with the weights fixed, e.g.
 `lambda a: space.loss(params, a, val_batch, rng, carry)[0]`.
