@@ -169,6 +169,12 @@ class SpaceBase:
     return {}
 
 
+def image_example_batch(batch_size: int, image_shape) -> Batch:
+  """{'image': (B, H, W, C) float32 zeros, 'label': (B,) int32 zeros}: an image space's batch."""
+  return {"image": jnp.zeros((batch_size,) + tuple(image_shape), jnp.float32),
+          "label": jnp.zeros((batch_size,), jnp.int32)}
+
+
 def config_get(cfg: Any, key: str, default: Any) -> Any:
   """`cfg[key]` for a dict or ConfigDict, `getattr` for other objects, else `default`."""
   if hasattr(cfg, "get"):

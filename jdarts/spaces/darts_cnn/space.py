@@ -35,7 +35,7 @@ from jdarts import losses
 from jdarts import mixing
 from jdarts import ops
 from jdarts.config_lib import ConfigError
-from jdarts.spaces.base import SPACES, SpaceBase, config_get
+from jdarts.spaces.base import SPACES, SpaceBase, config_get, image_example_batch
 from jdarts.spaces.darts_cnn import derive as derive_lib
 from jdarts.spaces.darts_cnn import primitives as primitives_lib
 from jdarts.spaces.darts_cnn.cells import num_edges
@@ -185,8 +185,7 @@ class DartsCNNSpace(SpaceBase):
 
   def example_batch(self, batch_size: int) -> Dict[str, jnp.ndarray]:
     """{'image': (B, H, W, C) float32 zeros, 'label': (B,) int32 zeros}."""
-    return {"image": jnp.zeros((batch_size,) + tuple(self.image_shape), jnp.float32),
-            "label": jnp.zeros((batch_size,), jnp.int32)}
+    return image_example_batch(batch_size, self.image_shape)
 
   def init(self, rng, batch) -> Dict[str, Any]:
     """Initial weights; `batch['image']`: (N, H, W, C) sets the input shape."""

@@ -28,7 +28,7 @@ from jdarts import losses
 from jdarts import mixing as mixing_lib
 from jdarts import ops
 from jdarts.config_lib import ConfigError
-from jdarts.spaces.base import SPACES, SpaceBase, config_get
+from jdarts.spaces.base import SPACES, SpaceBase, config_get, image_example_batch
 from jdarts.spaces.hypercuboid import network as net_lib
 from jdarts.spaces.hypercuboid import paths
 
@@ -99,8 +99,7 @@ class MultiChannelSpace(SpaceBase):
     return (self.network.layers, K, K, len(self.network.primitives))
 
   def example_batch(self, batch_size: int):
-    return {"image": jnp.zeros((batch_size,) + tuple(self.image_shape), jnp.float32),
-            "label": jnp.zeros((batch_size,), jnp.int32)}
+    return image_example_batch(batch_size, self.image_shape)
 
   def init(self, rng, batch):
     net = self.network.clone(opts=dataclasses.replace(self.network.opts, bn_axis_name=None))

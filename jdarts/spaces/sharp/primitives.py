@@ -37,6 +37,7 @@ import flax.linen as nn
 
 from jdarts import genotypes
 from jdarts import ops
+from jdarts.spaces.darts_cnn import primitives as darts_primitives
 from jdarts.spaces.darts_cnn.primitives import OpRegistry
 
 OPS = OpRegistry("sharpDARTS operation")
@@ -81,14 +82,11 @@ def _avg_pool(C, stride, affine, opts):
   return AvgPoolWithPadding(stride)
 
 
-@OPS.register("max_pool_3x3", parameter_free=True, search_bn=True)
-def _max_pool(C, stride, affine, opts):
-  return ops.Pool("max", stride)
-
-
-@OPS.register("skip_connect", parameter_free=True)
-def _skip(C, stride, affine, opts):
-  return ops.Identity() if stride == 1 else ops.FactorizedReduce(C, affine, opts)
+# Max pooling and skip are DARTS's own: the same factories and metadata.
+for _name in ("max_pool_3x3", "skip_connect"):
+  _info = darts_primitives.OPS.info(_name)
+  OPS.register(_name, darts_primitives.OPS.get(_name),
+               parameter_free=_info.parameter_free, search_bn=_info.search_bn)
 
 
 def _sharp_factory(k, d, mult, c_mid):
