@@ -9,14 +9,23 @@ batch was padded and however the batch was split over devices.
 supernet normalises with the statistics of its batch (paper A.1.1), and zero
 rows would shift those moments and so the predictions of the real rows. That
 costs one more compilation, for the last batch's shape.
+
+Across devices (`ParallelEval`) the full batches run device-parallel, with the
+BatchNorm moments averaged over the devices, and a last batch that does not
+split evenly over them runs on one device without its padding: either way
+every batch is normalised by the moments of its real rows only, so a
+device-parallel evaluation gives what one device gives.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jdarts import parallel
 
 
 def masked_sums(aux: Dict[str, jnp.ndarray], names: Sequence[str],
@@ -115,3 +124,66 @@ def evaluate(space, eval_step: Callable, params, alphas, batches, *, rng=None,
       yield s
   out = finish(accumulate(sums()), space.metric_names)
   return space.summarize(out)
+
+
+@flax.struct.dataclass
+class _EvalState:
+  """What a device-parallel evaluation holds per call (`carry` split by rows)."""
+  params: Any
+  alphas: Any
+  rng: Any
+  carry: Any = None
+
+
+class ParallelEval:
+  """A device-parallel eval step with `evaluate`'s signature, padding-exact.
+
+  `evaluate` cuts a padded last batch to its real rows; a batch whose rows
+  split evenly over the devices then runs device-parallel, any other (the
+  cut last batch, usually) on the first device alone. With the BatchNorm
+  moments averaged across devices (`space` built with `bn_axis_name=axis_name`)
+  each batch is normalised by the moments of exactly its real rows, as on one
+  device, so `evaluate(space, ParallelEval(...), ...)` equals
+  `evaluate(single_space, jax.jit(make_eval_step(single_space)), ...)`.
+
+  Args:
+    space: the search space built with `bn_axis_name=axis_name` (or None to
+      normalise per device: then the device-parallel batches are normalised
+      per device, which one device cannot reproduce).
+    single_space: the same space built with `bn_axis_name=None`, for the
+      batches that run on one device.
+    backend: 'pmap' | 'shard_map' (`jdarts.parallel.ParallelStep`).
+    devices: devices to use (default: all local devices).
+    axis_name: the device axis name `space` was built with.
+
+  Call: `(params, alphas, batch, rng, carry) -> (sums, carry)`, batch leaves
+  (B, ...), carry leaves (B, ...) or None, as `jax.jit(make_eval_step(space))`.
+  """
+
+  def __init__(self, space, single_space, *, backend: str = "pmap",
+               devices: Optional[Sequence[Any]] = None, axis_name: str = parallel.AXIS):
+    if backend not in ("pmap", "shard_map"):
+      raise ValueError(f"ParallelEval backend must be 'pmap' or 'shard_map', got {backend!r}; "
+                       "on one device use jax.jit(make_eval_step(space)).")
+    per_device = make_eval_step(space, axis_name=axis_name)
+
+    def step(state, batch):
+      sums, carry = per_device(state.params, state.alphas, batch, state.rng, state.carry)
+      return state.replace(carry=carry), sums
+
+    self._parallel = parallel.ParallelStep(step, backend=backend, devices=devices,
+                                           axis_name=axis_name, donate=False, num_batches=1)
+    self._single = jax.jit(make_eval_step(single_space))
+    self.num_devices = self._parallel.num_devices
+
+  def __call__(self, params, alphas, batch, rng, carry):
+    rows = {np.shape(x)[0] for x in jax.tree_util.tree_leaves(batch) if np.ndim(x)}
+    if len(rows) != 1:
+      raise ValueError(f"a batch's arrays disagree on the number of rows: {sorted(rows)}.")
+    if rows.pop() % self.num_devices:
+      return self._single(params, alphas, batch, rng, carry)
+    p = self._parallel
+    state = p.put_state(_EvalState(params, alphas, rng, carry))
+    state, sums = p(state, batch)
+    carry = p.get_state(state).carry if carry is not None else None
+    return p.get_metrics(sums), carry

@@ -7,6 +7,7 @@ same images give in batches without padding, computed here batch by batch
 without going through `evaluate`.
 """
 import jax
+import pytest
 import numpy as np
 
 import helpers
@@ -44,3 +45,60 @@ def test_padded_evaluation_equals_unpadded_batches():
   unpadded_last = jax.device_get(sums[-1])
   padded_last = jax.device_get(padded_last)
   assert abs(float(padded_last["loss"]) - float(unpadded_last["loss"])) > 1e-3
+
+
+def _digits_batches(batch_size):
+  source = data.load_source("digits", "test")
+  info = data.get_info("digits")
+  return source, info, list(data.make_eval_iterator(source, info, batch_size=batch_size))
+
+
+def _pad(batch, n):
+  """`batch` with only its first n rows real: the rest zeroed and masked out."""
+  rows = len(batch["mask"])
+  keep = (np.arange(rows) < n)
+  return {"image": batch["image"] * keep[:, None, None, None].astype(np.float32),
+          "label": np.where(keep, batch["label"], 0),
+          "mask": keep.astype(np.float32)}
+
+
+@pytest.mark.parametrize("backend", ["pmap", "shard_map"])
+def test_device_parallel_evaluation_equals_one_device(backend):
+  """4 devices, BatchNorm moments averaged across them, padded batches == 1 device unpadded.
+
+  The batches: three full ones, one with 12 real rows of 32 (splits over the
+  4 devices: runs parallel on its real rows) and the split's last (9 real
+  rows: runs on one device).
+  """
+  source, info, full = _digits_batches(32)
+  batches = full[:3] + [_pad(full[3], 12), full[-1]]
+  assert int(batches[-1]["mask"].sum()) == 9
+  kw = dict(image_shape=info.image_shape, num_classes=info.num_classes)
+  single = helpers.make_space(helpers.tiny_model(), **kw)
+  across = helpers.make_space(helpers.tiny_model(bn_axis_name="batch"), **kw)
+  params = single.init(jax.random.PRNGKey(0), batches[0])
+  alphas = jax.tree_util.tree_map(
+      lambda a: 0.5 * np.random.RandomState(1).randn(*a.shape).astype(a.dtype),
+      single.init_alphas(jax.random.PRNGKey(1)))
+  one = jax.jit(evaluation.make_eval_step(single))
+  want = evaluation.evaluate(single, one, params, alphas, batches, batch_size=32)
+  step = evaluation.ParallelEval(across, single, backend=backend, devices=jax.devices()[:4])
+  got = evaluation.evaluate(across, step, params, alphas, batches, batch_size=32)
+  assert got["count"] == want["count"] == 3 * 32 + 12 + 9
+  assert got["accuracy"] == want["accuracy"]
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+  # Control: the 12-row batch fed with its padding across the devices scores otherwise.
+  key = jax.random.PRNGKey(0)
+  padded = jax.device_get(step(params, alphas, batches[3], key, None)[0])
+  cut, _ = evaluation.unpadded(batches[3], None)
+  real = jax.device_get(one(params, alphas, cut, key, None)[0])
+  assert float(padded["count"]) == float(real["count"]) == 12
+  assert abs(float(padded["loss"]) - float(real["loss"])) > 1e-3 * float(real["count"])
+
+
+def test_parallel_eval_refuses_one_device_backend():
+  info = data.get_info("digits")
+  space = helpers.make_space(helpers.tiny_model(), image_shape=info.image_shape,
+                             num_classes=info.num_classes)
+  with pytest.raises(ValueError, match="jax.jit"):
+    evaluation.ParallelEval(space, space, backend="none")
