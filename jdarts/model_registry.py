@@ -91,6 +91,7 @@ def validate_config(cfg) -> None:
   if depthwise not in ops.DEPTHWISE_IMPLS:
     raise ConfigError(f"model.depthwise={depthwise!r}; choose one of "
                       f"{', '.join(ops.DEPTHWISE_IMPLS)}.")
+  ops.check_init(_get(cfg, "init", "pytorch"))
 
 
 def op_options(cfg, bn_axis_name=None) -> ops.OpOptions:
@@ -98,7 +99,8 @@ def op_options(cfg, bn_axis_name=None) -> ops.OpOptions:
   return ops.OpOptions(depthwise=_get(cfg, "depthwise", "auto"),
                        track_running_stats=True, bn_axis_name=bn_axis_name,
                        bn_momentum=_get(cfg, "bn_momentum", 0.9),
-                       dtype=jnp.dtype(_get(cfg, "dtype", "float32")))
+                       dtype=jnp.dtype(_get(cfg, "dtype", "float32")),
+                       init=_get(cfg, "init", "pytorch"))
 
 
 def load_genotype(model_name: str, spec):

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jdarts.config_lib import ConfigError
+
 DEPTHWISE_IMPLS = ("auto", "xla", "shift", "dense")
 
 
@@ -52,6 +54,9 @@ class OpOptions:
     bn_momentum: running-average decay (PyTorch's momentum 0.1 is 0.9 here).
     bn_epsilon: added to the variance, as PyTorch's default 1e-5.
     dtype: computation dtype (parameters stay float32).
+    init: 'pytorch' (modern PyTorch's default initialisation) | 'pytorch0.3'
+      (the PyTorch quark0/darts ran on: depthwise kernels U(+-1/(k sqrt C)),
+      affine BatchNorm scales U(0, 1)); see `conv_init`.
   """
   depthwise: str = "auto"
   track_running_stats: bool = False
@@ -59,11 +64,13 @@ class OpOptions:
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
+  init: str = "pytorch"
 
   def __post_init__(self):
     if self.depthwise not in DEPTHWISE_IMPLS:
       raise ValueError(f"Unknown depthwise implementation {self.depthwise!r}; "
                        f"choose one of {DEPTHWISE_IMPLS}.")
+    check_init(self.init)
 
 
 # Above this width the block-diagonal kernel's C-fold extra work outweighs
@@ -92,9 +99,36 @@ def resolve_depthwise(impl: str, channels: int = 0) -> str:
 # groups: same for dense convs and Linear layers, but a depthwise kernel there
 # has bound 1/(k sqrt(C)) against our 1/k. PyTorch 0.3 also drew affine
 # BatchNorm scales from U(0, 1) (ours: ones, as PyTorch >= 0.4); in the search
-# supernet only the stem BN is affine. No option for the 0.3 initialisation:
-# not offered (issue 11).
+# supernet only the stem BN is affine. `OpOptions.init='pytorch0.3'`
+# (`model.init`) gives the 0.3 initialisation (`conv_init`, `bn_scale_init`).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+# `model.init`: which PyTorch's default initialisation the operations copy.
+INITS = ("pytorch", "pytorch0.3")
+
+
+def check_init(value: Any) -> str:
+  """Returns `model.init` if it names an initialisation; ConfigError otherwise."""
+  if value not in INITS:
+    raise ConfigError(f"model.init={value!r}; choose 'pytorch' (modern PyTorch's defaults, "
+                      "the default) or 'pytorch0.3' (the PyTorch 0.3 quark0/darts ran on).")
+  return value
+
+
+def conv_init(opts: "OpOptions", groups: int = 1):
+  """Kernel initialiser of a conv with `groups` groups under `opts.init`.
+
+  PyTorch 0.3's bound 1/sqrt(C_in k k) is the modern 1/sqrt(C_in/groups k k)
+  divided by sqrt(groups): the variance scale divided by groups.
+  """
+  if opts.init == "pytorch0.3" and groups > 1:
+    return nn.initializers.variance_scaling(1.0 / (3.0 * groups), "fan_in", "uniform")
+  return torch_default_init
+
+
+def bn_scale_init(opts: "OpOptions"):
+  """Affine BatchNorm scale initialiser: ones, or U(0, 1) under PyTorch 0.3."""
+  return nn.initializers.uniform(1.0) if opts.init == "pytorch0.3" else nn.initializers.ones
 
 
 class BatchNorm(nn.Module):
@@ -114,7 +148,7 @@ class BatchNorm(nn.Module):
       return nn.BatchNorm(use_running_average=not train, momentum=o.bn_momentum,
                           epsilon=o.bn_epsilon, use_scale=self.affine,
                           use_bias=self.affine, axis_name=o.bn_axis_name,
-                          dtype=o.dtype, name="bn")(x)
+                          scale_init=bn_scale_init(o), dtype=o.dtype, name="bn")(x)
     # Moments in at least float32: variances of bf16 activations lose too many
     # bits. float64 stays float64, so exactness checks in x64 hold.
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -132,7 +166,7 @@ class BatchNorm(nn.Module):
     y = centred * lax.rsqrt(var + o.bn_epsilon)
     if self.affine:
       C = x.shape[-1]
-      y = y * self.param("scale", nn.initializers.ones, (C,))
+      y = y * self.param("scale", bn_scale_init(o), (C,))
       y = y + self.param("bias", nn.initializers.zeros, (C,))
     return y.astype(x.dtype)
 
@@ -142,7 +176,7 @@ def _conv(features, kernel, stride=1, padding=0, dilation=1, groups=1, *,
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((padding, padding), (padding, padding)),
                  kernel_dilation=(dilation, dilation), feature_group_count=groups,
-                 use_bias=use_bias, kernel_init=torch_default_init,
+                 use_bias=use_bias, kernel_init=conv_init(opts, groups),
                  dtype=opts.dtype, name=name)
 
 
@@ -209,10 +243,11 @@ def depthwise_conv_dense(x, kernel, stride: int, padding: int, dilation: int):
 class _KernelHolder(nn.Module):
   """Owns a conv kernel at the path an `nn.Conv` would (`<name>/kernel`)."""
   shape: Tuple[int, ...]
+  init: Any = torch_default_init
 
   @nn.compact
   def __call__(self):
-    return self.param("kernel", torch_default_init, self.shape)
+    return self.param("kernel", self.init, self.shape)
 
 
 class DepthwiseConv(nn.Module):
@@ -233,7 +268,8 @@ class DepthwiseConv(nn.Module):
                    groups=C, opts=self.opts, name="conv")(x)
     # Same parameter path and layout as the 'xla' branch, so checkpoints and
     # tests can swap implementations freely.
-    kernel = _KernelHolder((self.kernel_size, self.kernel_size, 1, C), name="conv")()
+    kernel = _KernelHolder((self.kernel_size, self.kernel_size, 1, C),
+                           conv_init(self.opts, C), name="conv")()
     if impl == "dense":
       return depthwise_conv_dense(x, kernel, self.stride, self.padding, self.dilation)
     return depthwise_conv_shift(x, kernel, self.stride, self.padding, self.dilation)
@@ -423,5 +459,6 @@ __all__ = [
     "SharpSepConv",
     "FactorizedReduce", "Conv7x1_1x7", "Zero", "Identity", "Pool", "DEPTHWISE_IMPLS",
     "depthwise_conv_shift", "depthwise_conv_dense", "resolve_depthwise", "shifted_taps",
+    "INITS", "check_init", "conv_init", "bn_scale_init",
     "torch_default_init", "count_params",
 ]

@@ -14,7 +14,9 @@ the paper's values as defaults (sec. 2.1, A.1.1):
   depthwise (`jdarts.ops.DEPTHWISE_IMPLS`), dtype ('float32' | 'bfloat16' |
   'float64'), remat (recompute cells in the backward pass), batch_edges
   (compute edges per source state, `cells.BatchedSearchCell`; params in the
-  `network.to_batched_params` layout).
+  `network.to_batched_params` layout), init ('pytorch', modern PyTorch's
+  default initialisation, or 'pytorch0.3', that of the PyTorch quark0/darts
+  ran on: `jdarts.ops.conv_init`).
 
 The image shape and the number of classes come from the dataset (`info`).
 """
@@ -139,6 +141,11 @@ class DartsCNNSpace(SpaceBase):
     if depthwise not in ops.DEPTHWISE_IMPLS:
       raise ConfigError(f"model.depthwise={depthwise!r}; choose one of "
                         f"{', '.join(ops.DEPTHWISE_IMPLS)}.")
+    ops.check_init(config_get(model_cfg, "init", "pytorch"))
+    if config_get(model_cfg, "init", "pytorch") != "pytorch" and config_get(
+        model_cfg, "batch_edges", False):
+      raise ConfigError("model.init='pytorch0.3' is not implemented with model.batch_edges=True; "
+                        "set model.batch_edges=False.")
     init = config_get(model_cfg, "alpha_init", "zeros")
     try:
       mixing.initial_logit(init, mix, len(config_get(model_cfg, "primitives", PRIMITIVES)))
@@ -165,7 +172,7 @@ class DartsCNNSpace(SpaceBase):
       return config_get(model_cfg, key, default)
     primitives = tuple(get("primitives", cls.default_primitives))
     opts = ops.OpOptions(depthwise=get("depthwise", "auto"), bn_axis_name=bn_axis_name,
-                         dtype=jnp.dtype(get("dtype", "float32")))
+                         dtype=jnp.dtype(get("dtype", "float32")), init=get("init", "pytorch"))
     steps, multiplier = get("steps", 4), get("multiplier", 4)
     net = Network(C=get("init_channels", 16), num_classes=int(info.num_classes),
                   layers=get("layers", 8), steps=steps, multiplier=multiplier,
