@@ -4,9 +4,10 @@
 
 DIR holds ptb.train.txt, ptb.valid.txt and ptb.test.txt (Mikolov's
 preprocessed PTB, as the reference's data/penn). First order by default;
-`:second_order` differentiates through the real weight step
+`:second_order` differentiates through the weight step
 (`arch.method='unrolled'`; 'exact_hvp' gives the same numbers by
-Hessian-vector products, 'finite_difference' is eq. 8). The weights train on
+Hessian-vector products, 'finite_difference' is eq. 8) with the recurrent
+reference's virtual step (`arch.virtual_step='clip_constant'`). The weights train on
 the training text and the alphas on the validation text, as the reference's
 train_search.py does. A smaller local run: `:debug`.
 """
@@ -52,7 +53,10 @@ def get_config(arg: str = ""):
   c.parallel.cross_replica_bn = True  # one batch, however it is split
   c.log_every = 50                    # reference --log-interval
   if arg == "second_order":
-    c.arch.method = "unrolled"        # eq. 6-7 through the real (clipped, decayed) SGD step
+    c.arch.method = "unrolled"        # eq. 6-7
+    # reference rnn/architect.py: w' from the clipped g, the second-order term
+    # scaled by the clip coefficient (`_compute_unrolled_model`, `clip_coef`)
+    c.arch.virtual_step = "clip_constant"
   elif arg == "debug":
     c.model.hidden, c.batch_size, c.max_steps, c.log_every = 64, 32, 20, 5
   elif arg:

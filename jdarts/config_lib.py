@@ -111,7 +111,8 @@ def search_defaults() -> ml_collections.ConfigDict:
       weight_decay=1e-3,          # A.1.1
       xi=-1.0,                    # <0: the weights' current learning rate (footnote 1)
       # eq. 6 as quark0/darts architect.py: w - lr (momentum buf + g + wd w), g
-      # unclipped; 'real_update': with the clip (not eq. 7); 'sgd': w - xi g
+      # unclipped; 'clip_constant': clipped, coefficient held constant (rnn/);
+      # 'real_update': clip differentiated (not eq. 7); 'sgd': w - xi g
       virtual_step="reference",
       fd_eps=0.01,                # eq. 8: eps = 0.01 / ||grad||
       neumann_terms=20, neumann_lr=0.0,  # 0: use xi

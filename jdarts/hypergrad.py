@@ -20,7 +20,9 @@ is shaped like ``alphas``. Methods (``METHODS``), selectable by name:
   weight step w' (eq. 6), either plain SGD ``w - xi * g`` or the real optax
   update (momentum, weight decay, schedules included).
 * ``exact_hvp``: eq. 7, the mixed second derivative times v computed exactly
-  by forward-over-reverse (``jax.jvp`` of grad_alpha L_train).
+  by forward-over-reverse (``jax.jvp`` of grad_alpha L_train); v is first
+  pulled back through the virtual step (-xi v for plain SGD), so it equals
+  ``unrolled`` for any virtual step, clipped or not.
 * ``finite_difference``: eq. 8 as in the reference code (quark0/darts
   ``architect.py``): central difference with eps = fd_eps / ||v||_2.
 * ``single_level``: Single-DARTS; grad_alpha L_train on the train batch (see
@@ -175,10 +177,14 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
 
   * `first_order`: grad_alpha L_val(w, alpha).
   * `unrolled`: grad_alpha [L_val(w'(alpha), alpha)] by autodiff through w'.
-  * `exact_hvp`: grad_alpha L_val(w', alpha) - xi [grad^2_{alpha,w} L_train] v
-    (eq. 7), the product by `jax.jvp` of w -> grad_alpha L_train(w, alpha).
-  * `finite_difference`: eq. 8 with eps = fd_eps / ||v||_2 (global L2 norm):
-    (grad_alpha L_train(w + eps v) - grad_alpha L_train(w - eps v)) / (2 eps).
+  * `exact_hvp`: grad_alpha L_val(w', alpha) + [grad^2_{alpha,w} L_train] u,
+    u = (dw'/dg)^T v the virtual step's pullback of v (g = grad_w L_train):
+    -xi v for plain SGD, which is eq. 7; the product by `jax.jvp` of
+    w -> grad_alpha L_train(w, alpha).
+  * `finite_difference`: eq. 8 along u: eps = fd_eps / ||u||_2 (global L2
+    norm), (grad_alpha L_train(w + eps u) - grad_alpha L_train(w - eps u)) /
+    (2 eps) for the product; for plain SGD the points w -+ fd_eps v / ||v||
+    are the paper's.
   * `single_level`: grad_alpha L_train(w, alpha) on the *train* batch.
   * `implicit_neumann`, `implicit_cg`: grad_alpha L_val(w, alpha) -
     [grad^2_{alpha,w} L_train] H^{-1} grad_w L_val(w, alpha) at the current
@@ -190,15 +196,13 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
     gives the first-order gradient), the series when its terms grow (the sum
     up to the last shrinking term); `return_info` says whether they did.
 
-  `unrolled` vs `exact_hvp`: for plain SGD both are the same quantity (equal
-  to round-off). With an optimizer, `unrolled` differentiates the real step
-  while `exact_hvp` uses the coefficient `xi` for the second-order term. If
-  the update is affine in the gradient, u = -c g + r with a scalar c and r
-  independent of g (optax.sgd with or without momentum and
-  add_decayed_weights: c = lr at the state's step count; nesterov:
-  c = lr (1 + momentum)), then dw'/dalpha = -c d(grad_w L_train)/dalpha and the
-  two agree for every loss iff xi == c. With clipping or adaptive scaling
-  (adam, ...) the update is nonlinear in g and they differ in general.
+  `unrolled` vs `exact_hvp`: the same derivative, by the chain rule through
+  w' = U(g(w, alpha)): equal to round-off for plain SGD and for any optax
+  virtual step, clipped or adaptive, because `exact_hvp` pulls v back through
+  the step's own update (a vjp of an elementwise map, negligible next to the
+  products). With an optimizer `xi` is unused: the step's learning rate is
+  the schedule's. For the reference's step (momentum, coupled decay, no clip)
+  u = -lr v, eq. 7 with xi = lr.
 
   Args:
     method: one of `METHODS`.
@@ -209,9 +213,10 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
     alphas: pytree of float arrays, the architecture parameters.
     train_batch: any pytree `train_loss` accepts.
     val_batch: any pytree `val_loss` accepts.
-    xi: virtual-step learning rate; required by `exact_hvp` and
-      `finite_difference` (the eq. 7 coefficient) and by `unrolled` without an
-      optimizer; the fallback for `neumann_lr`; otherwise ignored.
+    xi: virtual-step learning rate of the plain SGD step w - xi g (the eq. 7
+      coefficient); `unrolled`, `exact_hvp` and `finite_difference` need it
+      or an optimizer (which then forms w' and makes xi unused); the fallback
+      for `neumann_lr`; otherwise ignored.
     optimizer: optional optax GradientTransformation whose update forms w'
       (`unrolled`, `exact_hvp`, `finite_difference`).
     opt_state: its state for `params`; required with `optimizer`.

@@ -192,11 +192,30 @@ def check_step_args(xi, optimizer, opt_state, method: str) -> None:
 
 def virtual_update(train, params, alphas, batch, xi, optimizer, opt_state,
                   axis_name):
+  return virtual_update_and_pullback(train, params, alphas, batch, xi, optimizer,
+                                     opt_state, axis_name)[0]
+
+
+def virtual_update_and_pullback(train, params, alphas, batch, xi, optimizer, opt_state,
+                                axis_name):
+  """w' = w - xi g (or the optax step from g), and v -> (d w' / d g)^T v.
+
+  The pullback is what eq. 7's "-xi" becomes for any virtual step: with
+  w'(alpha) = U(g(w, alpha)), grad_alpha L_val(w'(alpha)) = g_alpha +
+  [grad^2_{alpha,w} L_train] (dU/dg)^T v, v = grad_w' L_val. For plain SGD and
+  the reference's step (momentum, coupled decay, no clip) it is -lr v; through
+  a clip it scales and projects v. `exact_hvp` and `finite_difference` use it,
+  so they estimate the same derivative `unrolled` computes, whatever the step.
+  """
   g, _ = device_grad(train, 0, params, alphas, batch, axis_name)
   if optimizer is None:
-    return _axpy(-xi, g, params)
-  updates = _optax_updates(optimizer, g, opt_state, params)
-  return optax.apply_updates(params, updates)
+    return _axpy(-xi, g, params), lambda v: jax.tree.map(lambda t: -xi * t, v)
+  updates = _optax_updates(optimizer, g, opt_state, params)  # one-line error if unfit
+  del updates
+  step = lambda grads: optax.apply_updates(
+      params, optimizer.update(grads, opt_state, params)[0])
+  w1, pull = jax.vjp(step, g)
+  return w1, lambda v: pull(jax.tree.map(lambda t, p: t.astype(p.dtype), v, w1))[0]
 
 
 def _mixed_product(train, params, alphas, batch, v, axis_name):
@@ -248,28 +267,29 @@ def _unrolled(train, val, params, alphas, tb, vb, o):
 
 
 def _second_order_parts(train, val, params, alphas, tb, vb, o):
-  """Returns (grad_alpha L_val(w'), v = grad_w' L_val(w'), aux) from one grad."""
-  w1 = virtual_update(train, params, alphas, tb, o.xi, o.optimizer, o.opt_state,
-                     o.axis_name)
+  """(grad_alpha L_val(w'), u = (dw'/dg)^T grad_w' L_val(w'), aux): u is eq. 7's -xi v."""
+  w1, pull = virtual_update_and_pullback(train, params, alphas, tb, o.xi, o.optimizer,
+                                         o.opt_state, o.axis_name)
   (v, g_a), aux = device_grad(val, (0, 1), w1, alphas, vb, o.axis_name)
-  return g_a, v, aux
+  return g_a, pull(v), aux
 
 
 def _exact_hvp(train, val, params, alphas, tb, vb, o):
-  g_a, v, aux = _second_order_parts(train, val, params, alphas, tb, vb, o)
-  mixed = _mixed_product(train, params, alphas, tb, v, o.axis_name)
-  return _axpy(-o.xi, mixed, g_a), aux
+  g_a, u, aux = _second_order_parts(train, val, params, alphas, tb, vb, o)
+  mixed = _mixed_product(train, params, alphas, tb, u, o.axis_name)
+  return _axpy(1.0, mixed, g_a), aux
 
 
 def _finite_difference(train, val, params, alphas, tb, vb, o):
-  g_a, v, aux = _second_order_parts(train, val, params, alphas, tb, vb, o)
-  norm = optax.tree_utils.tree_norm(v)
-  # A zero v makes the product zero for any eps; keep eps finite so 0/eps = 0.
+  # Eq. 8 along u = -xi v: the points w +- eps v/||v|| are the paper's.
+  g_a, u, aux = _second_order_parts(train, val, params, alphas, tb, vb, o)
+  norm = optax.tree_utils.tree_norm(u)
+  # A zero u makes the product zero for any eps; keep eps finite so 0/eps = 0.
   eps = o.fd_eps / jnp.where(norm > 0, norm, jnp.ones_like(norm))
-  g_plus, _ = device_grad(train, 1, _axpy(eps, v, params), alphas, tb, o.axis_name)
-  g_minus, _ = device_grad(train, 1, _axpy(-eps, v, params), alphas, tb, o.axis_name)
+  g_plus, _ = device_grad(train, 1, _axpy(eps, u, params), alphas, tb, o.axis_name)
+  g_minus, _ = device_grad(train, 1, _axpy(-eps, u, params), alphas, tb, o.axis_name)
   mixed = jax.tree.map(lambda p, m: (p - m) / (2 * eps), g_plus, g_minus)
-  return _axpy(-o.xi, mixed, g_a), aux
+  return _axpy(1.0, mixed, g_a), aux
 
 
 def _single_level(train, val, params, alphas, tb, vb, o):
@@ -359,10 +379,9 @@ def _check_cg(o: Options) -> None:
 
 ESTIMATORS.register("first_order", Estimator(_no_solve(_first_order)))
 ESTIMATORS.register("unrolled", Estimator(_no_solve(_unrolled), uses_virtual_step=True))
-ESTIMATORS.register("exact_hvp", Estimator(_no_solve(_exact_hvp), uses_virtual_step=True,
-                                           needs_xi=True))
+ESTIMATORS.register("exact_hvp", Estimator(_no_solve(_exact_hvp), uses_virtual_step=True))
 ESTIMATORS.register("finite_difference", Estimator(
-    _no_solve(_finite_difference), uses_virtual_step=True, needs_xi=True, check=_check_fd))
+    _no_solve(_finite_difference), uses_virtual_step=True, check=_check_fd))
 ESTIMATORS.register("single_level", Estimator(_no_solve(_single_level)))
 ESTIMATORS.register("implicit_neumann", Estimator(_implicit("neumann"), check=_check_neumann))
 ESTIMATORS.register("implicit_cg", Estimator(_implicit("cg"), check=_check_cg))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from jdarts import schedules
@@ -51,8 +53,38 @@ def strip_clip_state(optim_cfg, opt_state):
   return tuple(opt_state[1:]) if _clips(optim_cfg) else opt_state
 
 
+def _regroup(optim_cfg, opt_state):
+  """The clipped optimiser's state as chain(clip, chain(decay, sgd))'s state."""
+  if not _clips(optim_cfg):
+    return (opt_state,)
+  return (opt_state[0], tuple(opt_state[1:]))
+
+
 # `arch.virtual_step`: how the second-order estimators form w' (jdarts.hypergrad).
-VIRTUAL_STEPS = ("reference", "real_update", "sgd")
+VIRTUAL_STEPS = ("reference", "real_update", "clip_constant", "sgd")
+
+
+def clip_by_global_norm_constant(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm whose scale factor is a constant under differentiation.
+
+  The same values (g scaled by max_norm / ||g|| when ||g|| > max_norm), but
+  d(clipped)/dg = scale * I: the reference's recurrent architect
+  (quark0/darts `rnn/architect.py`) computes the clip coefficient on detached
+  gradients and multiplies the second-order term by it. Its state is the
+  clip's (empty), so it slots into the weight optimiser's chain.
+  """
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(updates, state, params=None):
+    del params
+    clipped, state = clip.update(updates, state)
+    # scale = clipped / g leaf by leaf is one number; take it from the norms.
+    norm = optax.tree_utils.tree_norm(updates)
+    scale = jax.lax.stop_gradient(
+        jnp.where(norm < max_norm, jnp.ones_like(norm), max_norm / norm))
+    return jax.tree.map(lambda g, c: jax.lax.stop_gradient(c - g * scale) + g * scale,
+                        updates, clipped), state
+  return optax.GradientTransformation(clip.init, update)
 
 
 class VirtualStep(NamedTuple):
@@ -81,6 +113,11 @@ def virtual_step(kind: str, optim_cfg, schedule) -> VirtualStep:
     order term scaled by clip/||g|| and projected) while `exact_hvp` and
     `finite_difference` keep eq. 7's xi: this is *not* eq. 7, and the three
     disagree. The default before issue 11.
+  * 'clip_constant': the real update, clip included, with the clip's scale
+    factor held constant under differentiation: quark0/darts
+    `rnn/architect.py` (the recurrent search), whose second-order term is
+    scaled by the clip coefficient (the reference also clips v before its
+    finite difference; jdarts does not: that is not a derivative).
   * 'sgd': plain w - xi * g (eq. 6 without momentum or decay).
 
   Raises:
@@ -90,6 +127,10 @@ def virtual_step(kind: str, optim_cfg, schedule) -> VirtualStep:
     return VirtualStep(None, lambda state: None)
   if kind == "real_update":
     return VirtualStep(weight_optimizer(optim_cfg, schedule), lambda state: state)
+  if kind == "clip_constant":
+    parts = [clip_by_global_norm_constant(optim_cfg.grad_clip)] if _clips(optim_cfg) else []
+    return VirtualStep(optax.chain(*parts, weight_optimizer(optim_cfg, schedule, clip=False)),
+                       lambda state: _regroup(optim_cfg, state))
   if kind == "reference":
     return VirtualStep(weight_optimizer(optim_cfg, schedule, clip=False),
                        lambda state: strip_clip_state(optim_cfg, state))

@@ -342,8 +342,9 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
       `step_kind` ('auto' or a `STEP_KINDS` name), `xi` (virtual-step learning
       rate; negative: the weights' current learning rate, paper footnote 1),
       `virtual_step` (`optim.VIRTUAL_STEPS`: 'reference', the default, the
-      real update without its clip as quark0/darts; 'real_update', clip
-      included, not eq. 7; 'sgd': plain w - xi * g),
+      real update without its clip as quark0/darts; 'clip_constant', clip
+      included with its coefficient held constant, as quark0/darts rnn/;
+      'real_update', clip included and differentiated; 'sgd': w - xi * g),
       `fd_eps`, `neumann_terms`, `neumann_lr`, `cg_iters`, `cg_damping`,
       `unroll_solver`, `fuse_first_order`.
     w_opt, a_opt: optax optimisers of the weights and the alphas.
