@@ -15,7 +15,8 @@ for all, one stream is read and broadcast (`vmap` in_axes None).
 Writes to `workdir`:
 
 * `seed_<k>/`        search k's `genotype.json`, `alphas.json`, `metrics.jsonl`,
-  `alpha_history.jsonl`, `tb/` and `summary.json`, as a single search writes
+  `alpha_history.jsonl`, `tb/`, `summary.json` and `config.json` (the config
+  that runs it alone), as a single search writes
   them (`jdarts plot --workdir=WORKDIR/seed_<k>` works on it);
 * `seeds.json`, `seeds.md` one row per search: seed, genotype, held-out
   metrics of the supernet, skip-connections in the normal cell;
@@ -86,8 +87,10 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   dirs = [seeds_lib.seed_dir(workdir, k) for k in range(K)]
   if r.main:
     r.writer.close()  # rows go to each seed's directory instead
-    for d in dirs:
+    for d, c in zip(dirs, cfgs):
       os.makedirs(d, exist_ok=True)
+      # The config that runs this search alone (seed + k, num_seeds 1).
+      runs.write_json(os.path.join(d, "config.json"), json.loads(c.to_json_best_effort()))
     r.writer = seeds_lib.SeedWriters([event_writer.MultiWriter(
         [runs.MetricsWriter(d)] + ([event_writer.open_tensorboard(d)]
                                    if cfg.get("tensorboard", True) else []))
