@@ -34,7 +34,9 @@ commands:
   search   run an architecture search; writes DIR/genotype.json, DIR/alphas.json,
            DIR/metrics.jsonl, DIR/summary.json and DIR/config.json
            (--config.arch.method=first_order|exact_hvp|finite_difference|...;
-           --config.hypergrad_probe_every=N also writes DIR/hypergrad_probe.jsonl)
+           --config.hypergrad_probe_every=N also writes DIR/hypergrad_probe.jsonl;
+           --config.num_seeds=K runs seeds seed..seed+K-1 in one program, each in
+           DIR/seed_<k>/, with a table in DIR/seeds.md)
   hypergrad
            compare the architecture-gradient estimators on the search state (or the
            latest checkpoint in DIR/checkpoints): prints a table, writes
@@ -45,7 +47,8 @@ commands:
   train    train a genotype's network from scratch (configs/train_*.py;
            --config.genotype=NAME|random:SEED|genotype.json|search workdir); writes
            DIR/metrics.jsonl, DIR/summary.json, DIR/genotype.json, DIR/config.json and
-           DIR/checkpoints/ (a rerun in DIR resumes)
+           DIR/checkpoints/ (a rerun in DIR resumes); a num_seeds search workdir
+           trains every seed's genotype in turn, into DIR/seed_<k>/
   plot     pictures of a search workdir in DIR/plots/ (no --config): alpha evolution,
            final-alpha heatmaps, the derived cells (DOT, PNG), learning rate, losses,
            hypergradient probe curves
@@ -221,7 +224,7 @@ def _plot(argv: List[str]) -> int:
 
 def _run_loop(command: str, config, workdir: str) -> int:
   """Runs `search` or `train` (multi-host aware); returns the exit status."""
-  from jdarts import config_lib, lm_train_loop, parallel, runs, search_loop, train_loop
+  from jdarts import config_lib, lm_train_loop, parallel, runs, search_loop, seeds, train_loop
   try:
     parallel.maybe_initialize_distributed()
   except ValueError as e:  # an incomplete JDARTS_* / SLURM environment
@@ -234,7 +237,11 @@ def _run_loop(command: str, config, workdir: str) -> int:
                                  f"{', '.join(trainers)}.")
   loop = search_loop if command == "search" else trainers[trainer]
   try:
-    loop.run(config, workdir)
+    if command == "train" and seeds.seed_dirs_of(config.get("genotype")):
+      # A several-seed search workdir: every seed's genotype, in turn.
+      seeds.train_each_seed(loop, config, workdir)
+    else:
+      loop.run(config, workdir)
   except runs.Preempted as e:
     print(f"jdarts {command}: {e}", file=sys.stderr)
     return 128 + (e.signum or 15)  # the shell's convention for a signalled process

@@ -76,6 +76,9 @@ def search_defaults() -> ml_collections.ConfigDict:
   """
   c = ml_collections.ConfigDict()
   c.seed = 2                      # reference default --seed
+  # K > 1: K independent searches in one program (jdarts.seeds_loop); search k
+  # is exactly the single run with seed = seed + k.
+  c.num_seeds = 1
   c.space = "darts_cnn"
   c.model = ml_collections.ConfigDict(dict(
       init_channels=16,           # A.1.1: "initial number of channels 16"
@@ -93,7 +96,10 @@ def search_defaults() -> ml_collections.ConfigDict:
       name="cifar10", data_dir="",
       train_portion=0.5,          # A.1.1: "hold out half of the training data"
       augment=True, cutout=0,     # reference search: crop + flip, no cutout
-      test_split="test"))
+      test_split="test",
+      # Shuffle/augmentation order: -1 follows `seed`; >= 0 fixes it, so the
+      # searches of a num_seeds > 1 run share one input pipeline.
+      seed=-1))
   c.batch_size = 64               # A.1.1: "batch size 64 (for both ...)"
   c.epochs = 50                   # A.1.1: "for 50 epochs"
   c.max_steps = 0                 # 0: no limit; >0 stops early with the same outputs

@@ -41,6 +41,10 @@ def validate(cfg) -> None:
         "--config=configs/quickstart.py.")
   runs.validate_blocks(cfg)
   runs.check_int(cfg, "hypergrad_probe_every", 0, " (0: off)")
+  if "num_seeds" in cfg:
+    runs.check_int(cfg, "num_seeds", 1, " (independent searches in one program; 1: one)")
+  if "seed" in cfg.data:
+    runs.check_int(cfg.data, "seed", -1, " (-1: follow the run's seed)", "data.")
   tp = cfg.data.train_portion
   _need(isinstance(tp, (int, float)) and 0.0 < tp < 1.0,
         f"data.train_portion must be in (0, 1), got {tp!r}.")

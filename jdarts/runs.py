@@ -134,6 +134,10 @@ RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir
                     "eval_batch_size", "eval_every_epochs", "collapse.")
 
 
+# Keys newer than some workdirs, with the value that reproduces the older runs.
+NEW_KEY_DEFAULTS = {"num_seeds": 1, "data.seed": -1}
+
+
 def _flatten(tree, prefix: str = "") -> Dict[str, Any]:
   out = {}
   for k, v in tree.items():
@@ -167,6 +171,8 @@ def check_same_experiment(workdir: str, config_json: Dict[str, Any]) -> None:
   except (OSError, ValueError):
     return  # unreadable: the checkpoint's own structure check still guards the resume
   new = _flatten(config_json)
+  # Keys added after a workdir was written count as their default there.
+  old = {**{k: v for k, v in NEW_KEY_DEFAULTS.items() if k in new}, **old}
   safe = lambda k: any(k == s or (s.endswith(".") and k.startswith(s))
                        for s in RESUME_SAFE_KEYS)
   diff = [k for k in sorted(set(old) | set(new))
@@ -355,18 +361,28 @@ class Run:
     """
     fetched, self._pending = jax.device_get(self._pending), []
     for s, m in fetched:
-      bad = {k: float(m[k]) for k in self.finite_keys if not np.isfinite(m[k])}
+      # A metric is a scalar, or one value per seed (K,) in a several-seed search.
+      bad = {k: np.asarray(m[k]) for k in self.finite_keys if not np.all(np.isfinite(m[k]))}
       if bad:
         good = self.ckpt.latest_step() if self.ckpt is not None else None
         where = (f"the last good checkpoint is step {good} in {self.ckpt.directory} (a rerun "
                  "resumes from it)" if good is not None else "no checkpoint was written")
-        values = ", ".join(f"{k} {v}" for k, v in bad.items())
-        raise NonFiniteLossError(f"loss became {next(iter(bad.values()))} ({values}) at step "
+        first = next(iter(bad.values()))
+        if first.ndim:  # name the seeds that failed (seed k is cfg.seed + k)
+          seeds = [self.cfg.seed + int(i) for i in np.flatnonzero(~np.isfinite(first))]
+          values = ", ".join(f"{k} {v.tolist()}" for k, v in bad.items())
+          raise NonFiniteLossError(
+              f"loss became {first[~np.isfinite(first)][0]} for seed(s) "
+              f"{', '.join(map(str, seeds))} ({values}) at step {s}; {where}; {self.nan_hint}")
+        values = ", ".join(f"{k} {float(v)}" for k, v in bad.items())
+        raise NonFiniteLossError(f"loss became {float(first)} ({values}) at step "
                                  f"{s}; {where}; {self.nan_hint}")
     for _, m in fetched:
       for k in self._interval_means:
         if k in m:
-          self._sums[k] = self._sums.get(k, 0.0) + float(m[k])
+          v = m[k]
+          v = float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64)
+          self._sums[k] = self._sums.get(k, 0.0) + v
       self._count += 1
     if self._on_fetch is not None:
       self._on_fetch(fetched)

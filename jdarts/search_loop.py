@@ -55,6 +55,7 @@ from jdarts import parallel
 from jdarts import runs
 from jdarts import report
 from jdarts import search as search_lib
+from jdarts import seeds_loop
 
 log = logging.getLogger("jdarts")
 
@@ -84,6 +85,8 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     held-out set ('search_val', 'test') and metric of the space, 'steps',
     'compile_seconds', 'seconds'.
   """
+  if cfg.get("num_seeds", 1) != 1:  # K searches in one program (validated there)
+    return seeds_loop.run(cfg, workdir)
   experiment.validate(cfg)
   collapse.validate(cfg.collapse)
   if cfg.collapse.early_stop and jax.process_count() > 1:

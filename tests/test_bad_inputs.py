@@ -107,6 +107,16 @@ CASES = [
     ("search", "--config={S} --workdir={D}/w --config.max_steps=-1", "max_steps must be"),
     ("search", "--config={S} --workdir={D}/w --config.log_every=0", "log_every must be"),
     ("search", "--config={S} --workdir={D}/w --config.seed=-1", "seed must be"),
+    ("search", "--config={S} --workdir={D}/w --config.num_seeds=0",
+     "num_seeds must be an integer >= 1"),
+    ("search", "--config={S} --workdir={D}/w --config.num_seeds=-2",
+     "num_seeds must be an integer >= 1"),
+    ("search", "--config={S} --workdir={D}/w --config.num_seeds=2.5",
+     "invalid literal for int()"),
+    ("search", "--config={S} --workdir={D}/w --config.num_seeds=2 "
+     "--config.collapse.every_epochs=1", "runs without collapse.every_epochs"),
+    ("search", "--config={S} --workdir={D}/w --config.data.seed=-2",
+     "data.seed must be an integer >= -1"),
     ("train", "{T} --workdir={D}/w --config.eval_every_epochs=0", "eval_every_epochs must be"),
     ("train", "{T} --workdir={D}/w --config.eval_batch_size=-1", "eval_batch_size must be"),
     # Losses

@@ -14,6 +14,12 @@ from jdarts.data.pipeline import make_eval_iterator, make_train_iterator
 from jdarts.data.sources import SearchData, get_entry, load_source, search_split
 
 
+def data_seed(cfg) -> int:
+  """The seed of the search streams' order: `data.seed` if >= 0, else the run's `seed`."""
+  seed = cfg.data.get("seed", -1)
+  return cfg.seed if seed is None or seed < 0 else seed
+
+
 def image_search_data(cfg, shard_index: int = 0, shard_count: int = 1) -> SearchData:
   """The image pipeline of a search config's `data` block (see the module docstring)."""
   d = cfg.data
@@ -23,8 +29,9 @@ def image_search_data(cfg, shard_index: int = 0, shard_count: int = 1) -> Search
   common = dict(batch_size=cfg.batch_size, augment=d.augment, cutout=d.cutout,
                 shard_index=shard_index, shard_count=shard_count)
   # Different seeds for the two halves, so their shuffles are not paired.
-  train_it = make_train_iterator(s_train, info, seed=2 * cfg.seed, **common)
-  val_it = make_train_iterator(s_val, info, seed=2 * cfg.seed + 1, **common)
+  seed = data_seed(cfg)
+  train_it = make_train_iterator(s_train, info, seed=2 * seed, **common)
+  val_it = make_train_iterator(s_val, info, seed=2 * seed + 1, **common)
   held_out = {"search_val": s_val}
   if d.get("test_split"):
     held_out["test"] = load_source(d.name, d.test_split, d.data_dir or None)
