@@ -17,7 +17,7 @@
 # JSON lines go to DIR (default $OUT if set, else gpu_suite_out/): search.jsonl,
 # train.jsonl, summary.md, log.txt.
 #
-# Packages the machine lacks are installed from benchmarks/gpu_wheels/*.whl
+# If the packages are not importable, they are installed from benchmarks/gpu_wheels/*.whl
 # (made by benchmarks/gpu_wheels.sh beforehand; never committed) into a
 # temporary site directory; nothing is downloaded here.
 # Environment: PYTHON (default python3), STEP_TIMEOUT (s per measured process,
@@ -43,14 +43,16 @@ mkdir -p "$DIR" || { echo "gpu_suite: error: cannot create --out $DIR." >&2; exi
 LOG="$DIR/log.txt"; : > "$LOG"
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ls benchmarks/gpu_wheels/*.whl > /dev/null 2>&1; then
+NEEDED="import jax, flax, optax, ml_collections, grain"
+if ! "$PY" -c "$NEEDED" >> "$LOG" 2>&1 && ls benchmarks/gpu_wheels/*.whl > /dev/null 2>&1; then
   SITE=$(mktemp -d /tmp/jdarts_site.XXXX)
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target "$SITE" benchmarks/gpu_wheels/*.whl >> "$LOG" 2>&1 \
-    || { echo "gpu_suite: error: installing benchmarks/gpu_wheels/*.whl failed (see $LOG)." >&2; exit 2; }
+    || { echo "gpu_suite: error: installing benchmarks/gpu_wheels/*.whl failed (see $LOG);" \
+              "were they downloaded for this Python (PYVER=... benchmarks/gpu_wheels.sh)?" >&2; exit 2; }
   export PYTHONPATH="$PWD:$SITE${PYTHONPATH#$PWD}"
 fi
-if ! "$PY" -c "import jax, flax, optax, ml_collections, grain" >> "$LOG" 2>&1; then
+if ! "$PY" -c "$NEEDED" >> "$LOG" 2>&1; then
   echo "gpu_suite: error: $PY cannot import jax, flax, optax, ml_collections and grain" \
        "(see $LOG); run benchmarks/gpu_wheels.sh where pip works and bring benchmarks/gpu_wheels/." >&2
   exit 2

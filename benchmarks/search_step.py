@@ -110,14 +110,14 @@ def add_supernet_args(ap):
 
 
 def build(C, layers, batch, depthwise, primitives, batch_edges=False, image=32,
-          alpha_scale=0.0, dtype="float32"):
+          alpha_scale=0.0, dtype="float32", remat=False):
   """Space, config, optimisers, schedule, a search state and two random batches.
 
   Batches are {'image': (batch, image, image, 3), 'label': (batch,)}; with
   alpha_scale > 0 the alphas are random normals of that scale (zero otherwise).
   """
   model = dict(init_channels=C, layers=layers, depthwise=depthwise,
-               batch_edges=batch_edges, dtype=dtype)
+               batch_edges=batch_edges, dtype=dtype, remat=remat)
   if primitives:
     model["primitives"] = tuple(primitives.split(","))
   info = data.DatasetInfo("synthetic", (image, image, 3), 10, (0.5,) * 3, (0.25,) * 3)
