@@ -233,13 +233,16 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1) -> dict:
           "device_peak_mb": rnd(device_memory_mb()[1])}
 
 
-def run_isolated(args, argv, kinds):
+def run_isolated(args, kinds):
   """Runs every kind in a fresh child process (same flags, one kind each)."""
-  rest = [a for a in (argv if argv is not None else sys.argv[1:])
-          if a != "--isolate" and not a.startswith("--steps")]
+  flags = [f"--C={args.C}", f"--layers={args.layers}", f"--batch={args.batch}",
+           f"--repeats={args.repeats}", f"--depthwise={args.depthwise}",
+           f"--primitives={args.primitives}", f"--dtype={args.dtype}",
+           f"--warmup={args.warmup}", f"--out={args.out}"]
+  flags += ["--batch_edges"] if args.batch_edges else []
   rc = 0
   for kind in kinds:
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), *rest, f"--steps={kind}"])
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, f"--steps={kind}"])
     if p.returncode:
       print(json.dumps({"kind": kind, "error": f"child exited {p.returncode}"}), flush=True)
       rc = 1
@@ -265,7 +268,7 @@ def main(argv=None):
   if bad:
     raise SystemExit(f"--steps: unknown step {bad[0]!r}; choose from {', '.join(known)}")
   if args.isolate and len(kinds) > 1:
-    raise SystemExit(run_isolated(args, argv, kinds))
+    raise SystemExit(run_isolated(args, kinds))
 
   space, cfg, w_opt, a_opt, sched, state, tb, vb = build(
       args.C, args.layers, args.batch, args.depthwise, args.primitives, args.batch_edges,
