@@ -28,7 +28,7 @@ include the programs compiled before it (the reference's benchmark does the same
 Prints one JSON object per step kind (and appends it to --out if given), with
 the field names of `../shared/peers/bench_torch_darts.py` (`kind`,
 `ms_per_step`: median, `ms_min`, `images_per_s`, `peak_rss_mb`, `cpu_util`) so
-the two tabulate together (`benchmarks/side_by_side.sh`); `ref_kind` names the
+the two tabulate together (`benchmarks/side_by_side.py`); `ref_kind` names the
 reference's matching kind.
 """
 from __future__ import annotations
