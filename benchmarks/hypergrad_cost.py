@@ -6,7 +6,7 @@
         [--out=hypergrad_cost.jsonl]
 
 For every method, the architecture gradient alone (`hypergrad.arch_grad`, with
-the real optax weight step as the virtual step, as in the search) is jitted,
+the search's virtual step and estimator options: `search_step.arch_grad_fn`) is jitted,
 compiled (timed apart) and run `--repeats` times on random 32x32x3 inputs.
 One JSON object per line: median/min ms per call, compile seconds, XLA's
 memory analysis of the compiled program (temp + argument + output bytes; on
@@ -46,23 +46,26 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from jdarts import hypergrad  # noqa: E402
+from jdarts import hypergrad, optim  # noqa: E402
 from jdarts import hypergrad_compare as hc  # noqa: E402
 import search_step  # noqa: E402  (the shared supernet setting)
 
 
 def build(C, layers, batch, depthwise, primitives, image=32):
-  """Space, optimisers, a search state (non-zero alphas) and two random batches."""
-  space, _, w_opt, _, sched, state, tb, vb = search_step.build(
+  """Space, config, schedule, a search state (non-zero alphas) and two random batches."""
+  space, cfg, _, _, sched, state, tb, vb = search_step.build(
       C, layers, batch, depthwise, primitives, image=image, alpha_scale=1e-3)
-  return space, w_opt, sched, state, tb, vb
+  return space, cfg, sched, state, tb, vb
 
 
-def exact_hvp_shared(loss, params, alphas, tb, vb, xi, w_opt, w_opt_state):
-  """eq. 7 with the virtual step's gradient and the HVP sharing one linearization."""
+def exact_hvp_shared(loss, params, alphas, tb, vb, xi, virtual, w_opt_state):
+  """eq. 7 with the virtual step's gradient and the HVP sharing one linearization.
+
+  `virtual` is the search's `optim.VirtualStep` (its optimizer must not be None).
+  """
   joint = lambda w: jax.grad(loss, argnums=(0, 1))(w, alphas, tb)
   (g_w, _), lin = jax.linearize(joint, params)
-  updates, _ = w_opt.update(g_w, w_opt_state, params)
+  updates, _ = virtual.optimizer.update(g_w, virtual.state_of(w_opt_state), params)
   w1 = optax.apply_updates(params, updates)
   v, g_a = jax.grad(loss, argnums=(0, 1))(w1, alphas, vb)
   _, mixed = lin(v)
@@ -133,10 +136,9 @@ def main(argv=None):
     if m not in hypergrad.METHODS:
       raise SystemExit(f"unknown method {m!r}; choose from {', '.join(hypergrad.METHODS)}")
 
-  space, w_opt, sched, state, tb, vb = build(args.C, args.layers, args.batch, args.depthwise,
+  space, cfg, sched, state, tb, vb = build(args.C, args.layers, args.batch, args.depthwise,
                                              args.primitives, args.image)
   loss = lambda p, a, b: space.loss(p, a, b, None, None)[0]
-  xi = sched(state.step)
   solver_kw = dict(neumann_terms=args.solver_iters, cg_iters=args.solver_iters,
                    unroll_solver=args.unroll_solver)
   base = {"C": args.C, "layers": args.layers, "batch": args.batch, "image": args.image,
@@ -154,14 +156,16 @@ def main(argv=None):
         fh.write(json.dumps(row) + "\n")
 
   grads = {}
-  est_args = (state.params, state.alphas, tb, vb, state.w_opt_state, xi)
+  est_args = (state.params, state.alphas, tb, vb, state.w_opt_state, state.step)
   for m in methods:
-    fn = lambda p, a, t, v, os_, xi, m=m: hypergrad.arch_grad(
-        m, loss, loss, p, a, t, v, xi=xi, optimizer=w_opt, opt_state=os_, **solver_kw)
+    fn = search_step.arch_grad_fn(m, loss, cfg, sched, **solver_kw)
     row, grads[m] = measure(fn, est_args, args.repeats)
     emit({"kind": "method", "name": m, **row})
   if args.variants:
-    fn = lambda p, a, t, v, os_, xi: exact_hvp_shared(loss, p, a, t, v, xi, w_opt, os_)
+    virtual = optim.virtual_step(cfg.arch.get("virtual_step", "reference"), cfg.optim, sched)
+    xi_of = lambda step: jnp.where(cfg.arch.xi < 0, sched(step), cfg.arch.xi)
+    fn = lambda p, a, t, v, os_, step: exact_hvp_shared(loss, p, a, t, v, xi_of(step),
+                                                         virtual, os_)
     row, grads["exact_hvp_shared"] = measure(fn, est_args, args.repeats)
     if "exact_hvp" in grads:
       row["rel_err_vs_exact_hvp"] = hc.relative_error(grads["exact_hvp_shared"],

@@ -1,19 +1,35 @@
-"""Times the DARTS CNN search steps: median ms per step, images/s, compile s, peak memory.
+"""Times the DARTS CNN search steps: ms per step, images/s, compile s, memory of compile and run.
 
-    python benchmarks/search_step.py --C=8 --layers=5 --batch=16 \
-        --steps=weight,arch_first_order,fused_first_order,exact_hvp,finite_difference
+    python benchmarks/search_step.py --C=8 --layers=5 --batch=16 --isolate \
+        --steps=weight,arch_first_order,exact_hvp,finite_difference
 
-Each measured step is one jitted function (compiled once, timed apart), run on
-random 32x32x3 inputs:
+Each measured step is one jitted function (state donated, as in the search),
+compiled once (timed apart: wall and process CPU seconds), warmed up, then
+run `--repeats` times on random 32x32x3 inputs:
 
-* weight             grad of the train loss w.r.t. weights + the SGD update
-* arch_first_order   grad of the val loss w.r.t. alphas + the Adam update
+* weight             grad of the train loss w.r.t. weights + the real update
+                     (clip, coupled decay, momentum SGD): the reference's `weight`
+* arch_first_order   grad of the val loss w.r.t. alphas + Adam: `arch_first`
 * fused_first_order  jdarts's full first-order search step (alpha then weight update)
 * unrolled / exact_hvp / finite_difference / implicit_cg
-                     the architecture gradient by that estimator + the Adam update
+                     the architecture gradient by that estimator + Adam; the
+                     virtual step w' is the search's (`optim.virtual_step` of
+                     `arch.virtual_step`, default 'reference': momentum and coupled
+                     decay, no clip, as quark0/darts), so finite_difference is the
+                     reference's `arch_second`
 
-Prints one JSON object per step kind (and writes them to --out if given). The
-reference figures to compare with are in DESIGN.md / benchmarks/RESULTS.md.
+Memory is measured apart for compiling and for running: the process's peak
+RSS (VmHWM, reset through /proc/self/clear_refs before each phase, Linux) after
+compiling and after the runs, XLA's own account of the program (temp +
+arguments + outputs), and on GPU/TPU the device's `peak_bytes_in_use`. With
+`--isolate` every kind runs in its own fresh process, so a kind's peaks do not
+include the programs compiled before it (the reference's benchmark does the same).
+
+Prints one JSON object per step kind (and appends it to --out if given), with
+the field names of `../shared/peers/bench_torch_darts.py` (`kind`,
+`ms_per_step`: median, `ms_min`, `images_per_s`, `peak_rss_mb`, `cpu_util`) so
+the two tabulate together (`benchmarks/side_by_side.py`); `ref_kind` names the
+reference's matching kind.
 """
 from __future__ import annotations
 
@@ -22,6 +38,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -33,13 +50,53 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 from jdarts import config_lib, data, hypergrad, optim, schedules, search, spaces  # noqa: E402
 
+# Our kind -> the kind of bench_torch_darts.py it is timed against.
+REF_KIND = {"weight": "weight", "arch_first_order": "arch_first",
+            "finite_difference": "arch_second", "exact_hvp": "arch_second",
+            "unrolled": "arch_second"}
+
+
+def _proc_status_mb(key: str):
+  try:
+    with open("/proc/self/status") as fh:
+      for line in fh:
+        if line.startswith(key + ":"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return None
+
+
+def reset_peak_rss() -> bool:
+  """Resets the process's peak RSS (Linux >= 4.0); False where that is impossible."""
+  try:
+    with open("/proc/self/clear_refs", "w") as fh:
+      fh.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def peak_rss_mb() -> float:
+  """Peak RSS since the last `reset_peak_rss` (or since the start), MB."""
+  hwm = _proc_status_mb("VmHWM")
+  return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_memory_mb():
+  """(bytes_in_use, peak_bytes_in_use) of the first device in MB, or (None, None) (CPU)."""
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # noqa: BLE001 - not every backend implements it
+    stats = {}
+  mb = lambda k: None if k not in stats else stats[k] / 2**20
+  return mb("bytes_in_use"), mb("peak_bytes_in_use")
+
 
 def peak_memory_mb() -> float:
   """Peak device memory if the backend reports it, else peak host RSS (MB)."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return stats["peak_bytes_in_use"] / 2**20
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  peak = device_memory_mb()[1]
+  return peak if peak is not None else peak_rss_mb()
 
 
 def add_supernet_args(ap):
@@ -53,14 +110,14 @@ def add_supernet_args(ap):
 
 
 def build(C, layers, batch, depthwise, primitives, batch_edges=False, image=32,
-          alpha_scale=0.0):
+          alpha_scale=0.0, dtype="float32", remat=False):
   """Space, config, optimisers, schedule, a search state and two random batches.
 
   Batches are {'image': (batch, image, image, 3), 'label': (batch,)}; with
   alpha_scale > 0 the alphas are random normals of that scale (zero otherwise).
   """
   model = dict(init_channels=C, layers=layers, depthwise=depthwise,
-               batch_edges=batch_edges)
+               batch_edges=batch_edges, dtype=dtype, remat=remat)
   if primitives:
     model["primitives"] = tuple(primitives.split(","))
   info = data.DatasetInfo("synthetic", (image, image, 3), 10, (0.5,) * 3, (0.25,) * 3)
@@ -80,8 +137,29 @@ def build(C, layers, batch, depthwise, primitives, batch_edges=False, image=32,
   return space, cfg, w_opt, a_opt, sched, state, tb, vb
 
 
+def arch_grad_fn(method, loss, cfg, sched, **overrides):
+  """`(params, alphas, tb, vb, w_opt_state, step) -> alpha gradient` as the search forms it.
+
+  The virtual step is `optim.virtual_step(cfg.arch.virtual_step, ...)` and the
+  estimator options `search.estimator_options`, exactly what
+  `search.make_search_step` hands `hypergrad.arch_grad`; xi follows `arch.xi`
+  (negative: the weights' learning rate at `step`); `overrides` replace
+  estimator options (e.g. cg_iters).
+  """
+  virtual = optim.virtual_step(cfg.arch.get("virtual_step", "reference"), cfg.optim, sched)
+  options = dict(search.estimator_options(cfg.arch, cfg.optim.weight_decay), **overrides)
+
+  def grad(params, alphas, tb, vb, w_opt_state, step):
+    xi = jnp.where(cfg.arch.xi < 0, sched(step), cfg.arch.xi)
+    return hypergrad.arch_grad(method, loss, loss, params, alphas, tb, vb, xi=xi,
+                               optimizer=virtual.optimizer,
+                               opt_state=virtual.state_of(w_opt_state), **options)
+  return grad
+
+
 def step_fns(space, cfg, w_opt, a_opt, sched):
-  loss = lambda p, a, b: space.loss(p, a, b)[0]
+  """{kind: (state, train_batch, val_batch) -> state} for every kind of the docstring."""
+  loss = lambda p, a, b: space.loss(p, a, b, None, None)[0]
 
   def weight(state, tb, vb):
     g = jax.grad(loss)(state.params, state.alphas, tb)
@@ -89,15 +167,16 @@ def step_fns(space, cfg, w_opt, a_opt, sched):
     return state.replace(params=optax.apply_updates(state.params, u), w_opt_state=os_)
 
   def arch(method):
+    grad = arch_grad_fn(method, loss, cfg, sched)
+
     def f(state, tb, vb):
-      g = hypergrad.arch_grad(method, loss, loss, state.params, state.alphas, tb, vb,
-                              xi=sched(state.step), optimizer=w_opt,
-                              opt_state=state.w_opt_state)
+      g = grad(state.params, state.alphas, tb, vb, state.w_opt_state, state.step)
       u, os_ = a_opt.update(g, state.a_opt_state, state.alphas)
       return state.replace(alphas=optax.apply_updates(state.alphas, u), a_opt_state=os_)
     return f
 
-  fused = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched)
+  fused = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched,
+                                  optim_cfg=cfg.optim)
   fns = {"weight": weight, "arch_first_order": arch("first_order"),
          "fused_first_order": lambda s, t, v: fused(s, t, v)[0]}
   for m in ("unrolled", "exact_hvp", "finite_difference", "implicit_cg"):
@@ -105,43 +184,111 @@ def step_fns(space, cfg, w_opt, a_opt, sched):
   return fns
 
 
+def measure(fn, state, tb, vb, repeats: int, warmup: int = 1) -> dict:
+  """Compiles `fn` (state donated), warms up, times `repeats` calls; the cost fields of a row."""
+  jitted = jax.jit(fn, donate_argnums=0)
+  rss0 = _proc_status_mb("VmRSS")
+  resettable = reset_peak_rss()
+  t0, c0 = time.perf_counter(), time.process_time()
+  lowered = jitted.lower(state, tb, vb)
+  t1, c1 = time.perf_counter(), time.process_time()
+  compiled = lowered.compile()
+  t2, c2 = time.perf_counter(), time.process_time()
+  compile_peak = peak_rss_mb()
+  dev_compile = device_memory_mb()[1]
+  program = None
+  try:
+    mem = compiled.memory_analysis()
+    get = lambda k: int(getattr(mem, k, 0) or 0)
+    program = (get("temp_size_in_bytes") + get("argument_size_in_bytes")
+               + get("output_size_in_bytes") - get("alias_size_in_bytes")) / 2**20
+  except Exception:  # noqa: BLE001 - not every backend reports it
+    pass
+  # Donation consumes the state: run on a copy so the caller's stays valid.
+  s = jax.tree_util.tree_map(jnp.copy, state)
+  rss1 = _proc_status_mb("VmRSS")
+  reset_peak_rss()
+  for _ in range(warmup):
+    s = compiled(s, tb, vb)
+  jax.block_until_ready(s)
+  times, cpu = [], 0.0
+  for _ in range(repeats):
+    w0, p0 = time.perf_counter(), time.process_time()
+    s = compiled(s, tb, vb)
+    jax.block_until_ready(s)
+    times.append(time.perf_counter() - w0)
+    cpu += time.process_time() - p0
+  run_peak = peak_rss_mb()
+  rnd = lambda x, n=1: None if x is None else round(x, n)
+  return {"ms_per_step": rnd(1e3 * statistics.median(times)),
+          "ms_min": rnd(1e3 * min(times)), "step_ms": [rnd(1e3 * t) for t in times],
+          "cpu_util": rnd(cpu / sum(times), 2),
+          "lower_s": rnd(t1 - t0, 2), "lower_cpu_s": rnd(c1 - c0, 2),
+          "compile_s": rnd(t2 - t1, 2), "compile_cpu_s": rnd(c2 - c1, 2),
+          "rss_before_compile_mb": rnd(rss0), "compile_peak_rss_mb": rnd(compile_peak),
+          "rss_before_run_mb": rnd(rss1), "run_peak_rss_mb": rnd(run_peak),
+          "run_extra_rss_mb": rnd(None if rss1 is None else run_peak - rss1),
+          "peak_rss_mb": rnd(max(compile_peak, run_peak)), "peak_reset": resettable,
+          "program_mb": rnd(program), "device_peak_after_compile_mb": rnd(dev_compile),
+          "device_peak_mb": rnd(device_memory_mb()[1])}
+
+
+def run_isolated(args, kinds):
+  """Runs every kind in a fresh child process (same flags, one kind each)."""
+  flags = [f"--C={args.C}", f"--layers={args.layers}", f"--batch={args.batch}",
+           f"--repeats={args.repeats}", f"--depthwise={args.depthwise}",
+           f"--primitives={args.primitives}", f"--dtype={args.dtype}",
+           f"--warmup={args.warmup}", f"--out={args.out}"]
+  flags += ["--batch_edges"] if args.batch_edges else []
+  rc = 0
+  for kind in kinds:
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, f"--steps={kind}"])
+    if p.returncode:
+      print(json.dumps({"kind": kind, "error": f"child exited {p.returncode}"}), flush=True)
+      rc = 1
+  return rc
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   add_supernet_args(ap)
   ap.add_argument("--batch_edges", action="store_true",
                   help="compute cell edges per source state (model.batch_edges)")
+  ap.add_argument("--dtype", default="float32", help="model.dtype (compute dtype)")
   ap.add_argument("--steps", default="weight,arch_first_order,fused_first_order")
+  ap.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
+  ap.add_argument("--isolate", action="store_true",
+                  help="each kind in its own process (memory per kind)")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
+  kinds = [k for k in args.steps.split(",") if k]
+  known = ("weight", "arch_first_order", "fused_first_order", "unrolled", "exact_hvp",
+           "finite_difference", "implicit_cg")
+  bad = [k for k in kinds if k not in known]
+  if bad:
+    raise SystemExit(f"--steps: unknown step {bad[0]!r}; choose from {', '.join(known)}")
+  if args.isolate and len(kinds) > 1:
+    raise SystemExit(run_isolated(args, kinds))
 
   space, cfg, w_opt, a_opt, sched, state, tb, vb = build(
-      args.C, args.layers, args.batch, args.depthwise, args.primitives, args.batch_edges)
+      args.C, args.layers, args.batch, args.depthwise, args.primitives, args.batch_edges,
+      dtype=args.dtype)
   fns = step_fns(space, cfg, w_opt, a_opt, sched)
-  for name in args.steps.split(","):
-    if name not in fns:
-      raise SystemExit(f"unknown step {name!r}; choose from {', '.join(fns)}")
-    f = jax.jit(fns[name])
-    t0 = time.perf_counter()
-    compiled = f.lower(state, tb, vb).compile()
-    compile_s = time.perf_counter() - t0
-    times = []
-    s = state
-    for _ in range(args.repeats):
-      t0 = time.perf_counter()
-      s = compiled(s, tb, vb)
-      jax.block_until_ready(s)
-      times.append(time.perf_counter() - t0)
+  for name in kinds:
+    load0 = os.getloadavg()[0]
+    cost = measure(fns[name], state, tb, vb, args.repeats, args.warmup)
     # One step of the bilevel search consumes a train and a val batch; the
     # weight-only and arch-only steps consume one.
     images = 2 * args.batch if name == "fused_first_order" else args.batch
-    med = statistics.median(times)
-    row = {"step": name, "C": args.C, "layers": args.layers, "batch": args.batch,
+    row = {"peer": "jdarts", "kind": name, "ref_kind": REF_KIND.get(name),
+           "init_channels": args.C, "layers": args.layers, "batch_size": args.batch,
+           **cost, "images_per_s": round(images * 1e3 / cost["ms_per_step"], 2),
            "depthwise": args.depthwise, "primitives": args.primitives or "all",
-           "batch_edges": args.batch_edges,
-           "median_ms": 1e3 * med, "min_ms": 1e3 * min(times),
-           "images_per_s": images / med, "compile_s": compile_s,
-           "peak_memory_mb": peak_memory_mb(), "backend": jax.default_backend(),
-           "device": str(jax.devices()[0].device_kind), "jax": jax.__version__}
+           "batch_edges": args.batch_edges, "dtype": args.dtype,
+           "virtual_step": cfg.arch.get("virtual_step", "reference"),
+           "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+           "jax": jax.__version__, "loadavg_1m": [round(load0, 2),
+                                                  round(os.getloadavg()[0], 2)]}
     print(json.dumps(row), flush=True)
     if args.out:
       with open(args.out, "a") as fh:

@@ -1,0 +1,181 @@
+"""The reference DARTS search steps and ours, back to back in one run, as a markdown table.
+
+    python benchmarks/side_by_side.py --ptv=/work/PTV --peer=/work/peers/darts \
+        --config=small --runs=2 --threads=2 --out=side_by_side.jsonl
+
+First the reference (quark0/darts in PyTorch, through
+`../shared/peers/bench_torch_darts.py`, each kind in fresh processes, `--runs`
+runs), then `benchmarks/search_step.py --isolate` at the same C, cells and
+batch (each kind in a fresh process: weight, arch_first_order, exact_hvp,
+finite_difference), then one table: min and median ms per step of both, the
+ratio reference / ours, our compile time (wall and process CPU seconds), the
+peak RSS of both (ours: compiling and running apart), the load average before
+and after each half, and the CPU model. `--tiny` (C=2, 3 cells, batch 2) checks
+the plumbing in a few minutes; the figures that count are the `small` (C=8, 5
+cells, batch 16) and `paper` (C=16, 8 cells, batch 64) settings on a quiet
+machine. Needs a venv with the CPU build of torch (`--ptv`) and an extracted
+reference work tree (`--peer`); see ../shared/peers/README.md.
+
+Semantics of the figures: the reference's median is the median over runs of
+per-run medians and its min the smallest per-run median (bench_torch_darts.py);
+ours are the median and min over `--repeats` steps of one process per kind,
+after one warm-up call. Both use all `--threads` cores (JAX takes the machine's).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_BENCH = os.path.join(ROOT, os.pardir, "shared", "peers", "bench_torch_darts.py")
+SETTINGS = {"tiny": (2, 3, 2),  # 3 cells: the reference needs a normal cell
+            "small": (8, 5, 16), "paper": (16, 8, 64)}
+# (our kind, the reference's kind, row label)
+ROWS = (("weight", "weight", "weight"),
+        ("arch_first_order", "arch_first", "first-order architecture"),
+        ("exact_hvp", "arch_second", "second-order, exact HVP (ref: finite differences)"),
+        ("finite_difference", "arch_second", "second-order, finite differences"))
+
+
+def cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo (or platform's), with the core count."""
+  name = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as fh:
+      for line in fh:
+        if line.startswith("model name"):
+          name = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return f"{name}, {os.cpu_count()} logical CPUs"
+
+
+def load() -> str:
+  return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def json_lines(text: str):
+  """The JSON objects of `text`, one per line; other lines are skipped."""
+  rows = []
+  for line in text.splitlines():
+    line = line.strip()
+    if line.startswith("{"):
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+  return rows
+
+
+def run(cmd, env=None):
+  """Runs `cmd`, echoing stderr live; returns (return code, stdout)."""
+  print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+  p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+  return p.returncode, p.stdout
+
+
+def table(ref, ours, meta) -> str:
+  """The markdown report of one side-by-side run."""
+  f = lambda x: "-" if x is None else (f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}")
+  out = [f"Side by side, {meta['setting']} (C={meta['C']}, {meta['layers']} cells, batch "
+         f"{meta['batch']}), {meta['date']}; CPU: {meta['cpu']}; {meta['threads']} threads; "
+         f"reference quark0/darts {meta['peer_commit']} in torch {meta['torch']}, "
+         f"jdarts {meta['commit']} in jax {meta['jax']}.",
+         f"Load average (1/5/15 min): before the reference {meta['load0']}, after it "
+         f"{meta['load1']}, after ours {meta['load2']}.", "",
+         "| step | reference min / median ms | jdarts min / median ms | ref / ours (min) "
+         "| ref / ours (median) | jdarts compile s (wall / CPU) | reference peak MB "
+         "| jdarts peak MB (compile / run) |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for kind, ref_kind, label in ROWS:
+    r, o = ref.get(ref_kind, {}), ours.get(kind, {})
+    rmin, rmed = r.get("ms_min"), r.get("ms_per_step")
+    omin, omed = o.get("ms_min"), o.get("ms_per_step")
+    ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}x"
+    out.append(
+        f"| {label} | {f(rmin)} / {f(rmed)} | {f(omin)} / {f(omed)} | {ratio(rmin, omin)} "
+        f"| {ratio(rmed, omed)} | {f(o.get('compile_s'))} / {f(o.get('compile_cpu_s'))} "
+        f"| {f(r.get('peak_rss_mb'))} | {f(o.get('compile_peak_rss_mb'))} / "
+        f"{f(o.get('run_peak_rss_mb'))} |")
+  errors = [f"{k}: {v['error']}" for d in (ref, ours) for k, v in d.items() if "error" in v]
+  if errors:
+    out += ["", "Failed: " + "; ".join(errors)]
+  return "\n".join(out)
+
+
+def git_commit(path: str) -> str:
+  try:
+    return subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--ptv", required=True, help="venv with torch (CPU build) and numpy")
+  ap.add_argument("--peer", required=True, help="extracted quark0/darts work tree")
+  ap.add_argument("--bench", default=DEFAULT_BENCH, help="bench_torch_darts.py")
+  ap.add_argument("--config", default="small", choices=sorted(SETTINGS))
+  ap.add_argument("--tiny", action="store_true", help="same as --config=tiny")
+  ap.add_argument("--runs", type=int, default=2, help="reference runs per kind")
+  ap.add_argument("--threads", type=int, default=2)
+  ap.add_argument("--repeats", type=int, default=5, help="our timed steps per kind")
+  ap.add_argument("--peer_commit", default="f276dd3",
+                  help="the reference's commit (an archive extract has no .git)")
+  ap.add_argument("--out", default="", help="append every JSON row and the table here")
+  args = ap.parse_args(argv)
+  setting = "tiny" if args.tiny else args.config
+  C, layers, batch = SETTINGS[setting]
+  torch_py = os.path.join(args.ptv, "bin", "python")
+  for path, what in ((torch_py, "--ptv has no bin/python; make it with `python3.11 -m venv "
+                      "PTV && PTV/bin/pip install torch==2.13.0 numpy`"),
+                     (os.path.join(args.peer, "cnn", "model_search.py"),
+                      "--peer is not a quark0/darts work tree (no cnn/model_search.py); "
+                      "extract one with `git -C MIRROR archive HEAD | tar -x -C PEER`"),
+                     (args.bench, "--bench: no bench_torch_darts.py there")):
+    if not os.path.exists(path):
+      raise SystemExit(f"side_by_side: error: {what}.")
+
+  meta = dict(setting=setting, C=C, layers=layers, batch=batch, threads=args.threads,
+              cpu=cpu_model(), date=datetime.datetime.now(datetime.timezone.utc)
+              .strftime("%Y-%m-%d %H:%M UTC"), peer_commit=args.peer_commit,
+              commit=git_commit(ROOT), load0=load())
+  ref_cmd = [torch_py, args.bench, args.peer, "--configs", "small", "--runs", str(args.runs),
+             "--threads", str(args.threads), "--peer-commit", args.peer_commit,
+             "--init-channels", str(C), "--layers", str(layers), "--batch-size", str(batch)]
+  _, ref_out = run(ref_cmd)
+  ref_rows = json_lines(ref_out)
+  meta["load1"] = load()
+  ours_cmd = [sys.executable, os.path.join(HERE, "search_step.py"), "--isolate",
+              f"--C={C}", f"--layers={layers}", f"--batch={batch}",
+              f"--repeats={args.repeats}",
+              "--steps=" + ",".join(kind for kind, _, _ in ROWS)]
+  _, ours_out = run(ours_cmd)
+  our_rows = json_lines(ours_out)
+  meta["load2"] = load()
+  meta["torch"] = next((r.get("torch") for r in ref_rows if r.get("torch")), "?")
+  meta["jax"] = next((r.get("jax") for r in our_rows if r.get("jax")), "?")
+  ref = {r["kind"]: r for r in ref_rows if "kind" in r}
+  ours = {r["kind"]: r for r in our_rows if "kind" in r}
+  report = table(ref, ours, meta)
+  print(report, flush=True)
+  if args.out:
+    with open(args.out, "a") as fh:
+      for r in ref_rows + our_rows:
+        fh.write(json.dumps(dict(r, side_by_side=meta["date"])) + "\n")
+      fh.write("\n" + report + "\n")
+  missing = [k for k, rk, _ in ROWS if k not in ours or rk not in ref
+             or "error" in ours[k] or "error" in ref[rk]]
+  return 1 if missing else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

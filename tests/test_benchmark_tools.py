@@ -1,0 +1,124 @@
+"""The speed benchmarks' own logic: the virtual step they time, their tables and projections.
+
+The timings themselves are not tested (speed goes in benchmarks/); what is
+tested is that the benchmarks time the right computation and report it right.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import gpu_summary  # noqa: E402
+import search_step  # noqa: E402
+import side_by_side  # noqa: E402
+
+from jdarts import config_lib, schedules  # noqa: E402
+
+
+def test_benchmark_arch_grad_uses_the_searchs_unclipped_virtual_step():
+  # A quadratic "network" whose weight gradient is far above grad_clip=5: the
+  # search's default virtual step ('reference') leaves the clip out, so the
+  # benchmark's unrolled gradient must equal autodiff through
+  # w' = w - lr (momentum * buf + g + wd * w) built by hand, not the clipped one.
+  cfg = config_lib.search_defaults()
+  sched = schedules.make_schedule(cfg.optim, 50, 100)
+  A = jnp.asarray(np.random.RandomState(0).randn(3, 4), jnp.float32)
+  loss_t = lambda w, a, b: 50.0 * jnp.sum((A @ w["w"] - a["a"] * b) ** 2)
+  loss_v = lambda w, a, b: jnp.sum((A @ w["w"] + a["a"]) ** 2 * b)
+  loss = lambda w, a, b: jnp.where(b[0] > 1, loss_t(w, a, b), loss_v(w, a, b))
+  params = {"w": jnp.arange(4.0, dtype=jnp.float32)}
+  alphas = {"a": jnp.asarray([0.1, -0.2, 0.3], jnp.float32)}
+  tb, vb = jnp.full((3,), 2.0), jnp.full((3,), 0.5)
+  w_opt = optax.chain(optax.clip_by_global_norm(cfg.optim.grad_clip),
+                      optax.add_decayed_weights(cfg.optim.weight_decay),
+                      optax.sgd(sched, momentum=cfg.optim.momentum))
+  # A non-zero momentum buffer, as after some steps.
+  state = w_opt.init(params)
+  for _ in range(2):
+    _, state = w_opt.update(jax.grad(loss)(params, alphas, tb), state, params)
+  step = jnp.asarray(2, jnp.int32)
+  grad = search_step.arch_grad_fn("unrolled", loss, cfg, sched)
+  got = grad(params, alphas, tb, vb, state, step)["a"]
+
+  lr, mom, wd = sched(step), cfg.optim.momentum, cfg.optim.weight_decay
+  buf = state[2][0].trace["w"]
+
+  g0 = jax.grad(loss)(params, alphas, tb)["w"]
+  assert float(jnp.linalg.norm(g0)) > 10 * cfg.optim.grad_clip  # the clip would bite
+
+  def val_after(a):
+    g = jax.grad(loss)(params, {"a": a}, tb)["w"]
+    w1 = params["w"] - lr * (mom * buf + g + wd * params["w"])
+    return loss({"w": w1}, {"a": a}, vb)
+  want = jax.grad(val_after)(alphas["a"])
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_gpu_summary_projects_search_and_training_hours():
+  # 50 epochs x (25000 // 64 = 390 steps) x (100 + 50) ms = 2925 s.
+  assert gpu_summary.search_hours(100.0, 50.0, 64) == pytest.approx(2925 / 3600)
+  # 600 epochs x ceil(50000 / 96) = 521 steps x 200 ms.
+  assert gpu_summary.train_hours(200.0, 96) == pytest.approx(600 * 521 * 0.2 / 3600)
+  rows = [dict(kind=k, ms_per_step=ms, ms_min=ms - 1, images_per_s=64e3 / ms,
+               compile_s=1.0, device_peak_mb=10.0, batch_size=64)
+          for k, ms in (("weight", 50.0), ("arch_first_order", 100.0),
+                        ("exact_hvp", 300.0))]
+  table = gpu_summary.search_table(rows, 50, 25000)
+  line = lambda label: next(l for l in table.splitlines() if l.startswith(f"| {label} "))
+  assert line("first_order").endswith(f"| {2925 / 3600:.2f} |")
+  assert line("exact_hvp").endswith(f"| {50 * 390 * 0.35 / 3600:.2f} |")
+  assert "missing" in line("finite_difference")
+
+
+def test_side_by_side_table_ratios_and_failures():
+  ref = {"weight": dict(ms_min=1000.0, ms_per_step=1200.0, peak_rss_mb=900.0),
+         "arch_first": dict(ms_min=1200.0, ms_per_step=1300.0, peak_rss_mb=950.0),
+         "arch_second": {"error": "exit 1"}}
+  ours = {"weight": dict(ms_min=500.0, ms_per_step=800.0, compile_s=20.0,
+                         compile_cpu_s=30.0, compile_peak_rss_mb=2000.0,
+                         run_peak_rss_mb=700.0)}
+  meta = dict(setting="tiny", C=2, layers=3, batch=2, date="d", cpu="c", threads=2,
+              peer_commit="p", torch="t", commit="x", jax="j", load0="0", load1="1", load2="2")
+  lines = side_by_side.table(ref, ours, meta).splitlines()
+  weight = next(l for l in lines if l.startswith("| weight "))
+  assert "| 2.00x | 1.50x |" in weight and "| 20 / 30 |" in weight
+  assert "| 2000 / 700 |" in weight
+  first = next(l for l in lines if l.startswith("| first-order"))
+  assert "| - / - | - | - |" in first  # ours missing: no ratio invented
+  assert lines[-1].startswith("Failed: arch_second: exit 1")
+
+
+def test_side_by_side_refuses_missing_torch_venv(tmp_path):
+  p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "side_by_side.py"),
+                      f"--ptv={tmp_path}", f"--peer={tmp_path}"], capture_output=True,
+                     text=True)
+  assert p.returncode != 0
+  assert p.stderr.strip().splitlines()[-1].startswith("side_by_side: error: --ptv has no")
+
+
+@pytest.mark.slow
+def test_gpu_suite_tiny_on_cpu(tmp_path):
+  out = tmp_path / "suite"
+  env = dict(os.environ, SEARCH_FLAGS="--primitives=none,skip_connect,sep_conv_3x3",
+             TRAIN_FLAGS="--auxiliary=0", XLA_FLAGS="", PYTHON=sys.executable)
+  p = subprocess.run([os.path.join(ROOT, "benchmarks", "gpu_suite.sh"), "--tiny",
+                      f"--out={out}"], capture_output=True, text=True, env=env)
+  assert p.returncode == 0, p.stderr + (out / "log.txt").read_text()
+  search = [json.loads(l) for l in (out / "search.jsonl").read_text().splitlines()]
+  assert [r["kind"] for r in search] == ["weight", "arch_first_order", "exact_hvp",
+                                         "finite_difference"]
+  train = [json.loads(l) for l in (out / "train.jsonl").read_text().splitlines()]
+  assert [(r["backend_wrapper"], r["dtype"]) for r in train] == [
+      ("pmap", "float32"), ("pmap", "bfloat16"), ("shard_map", "float32"),
+      ("shard_map", "bfloat16")]
+  summary = (out / "summary.md").read_text()
+  assert "missing" not in summary and summary.count("\n| ") >= 10
