@@ -62,7 +62,7 @@ def _pad(batch, n):
           "mask": keep.astype(np.float32)}
 
 
-@pytest.mark.parametrize("backend", ["pmap", "shard_map"])
+@pytest.mark.parametrize("backend", ["pmap", pytest.param("shard_map", marks=pytest.mark.slow)])
 def test_device_parallel_evaluation_equals_one_device(backend):
   """4 devices, BatchNorm moments averaged across them, padded batches == 1 device unpadded.
 

@@ -6,6 +6,7 @@ groups, and `_BatchNorm.reset_parameters` draws the affine scale from U(0, 1);
 PyTorch >= 0.4's kaiming_uniform(a=sqrt(5)) gives U(+-1/sqrt(in_channels/groups
 * k * k)) and scales of one.
 """
+import functools
 import math
 
 import jax
@@ -20,6 +21,7 @@ from jdarts.config_lib import ConfigError
 C = 8  # channels of the first cells: 72 draws per 3x3 depthwise kernel
 
 
+@functools.lru_cache(maxsize=None)
 def _leaves(init):
   space = helpers.make_space(helpers.tiny_model(init_channels=C, init=init),
                              image_shape=(8, 8, 3))

@@ -156,8 +156,9 @@ def test_single_level_step_uses_one_batch_and_logs_grad_correlation():
   assert np.abs(np.asarray(s1.alphas["cell"] - state.alphas["cell"])).max() > 0
   assert float(m1["val_loss"]) != float(m2["val_loss"])
   # The logged correlation is the cosine of the two alpha gradients.
-  grad = lambda batch: np.asarray(jax.grad(
-      lambda a: space.loss(state.params, a, batch, None, None)[0])(state.alphas)["cell"])
+  # Jitted: eagerly, every op of the network dispatches (and compiles) alone.
+  grad_fn = jax.jit(jax.grad(lambda a, batch: space.loss(state.params, a, batch, None, None)[0]))
+  grad = lambda batch: np.asarray(grad_fn(state.alphas, batch)["cell"])
   gt, gv = grad(b[0]).ravel(), grad(b[1]).ravel()
   cos = gt @ gv / np.linalg.norm(gt) / np.linalg.norm(gv)
   np.testing.assert_allclose(float(m1["grad_correlation"]), cos, rtol=1e-4, atol=1e-6)

@@ -45,6 +45,7 @@ def _tree_close(a, b, **kw):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
 
 
+@pytest.mark.slow  # fuse_first_order is off by default (a trap on CPU); ~12 s
 def test_fused_first_order_equals_two_separate_gradients():
   """The one-compile scan step gives the same state as alpha-then-weight updates."""
   cfg, space, w_opt, a_opt, sched, state, b = _setup()
