@@ -61,6 +61,19 @@ class TensorBoardWriter:
     self._add(step, [self._summary_pb2.Summary.Value(tag=tag, metadata=self._text_meta,
                                                      tensor=tensor)])
 
+  def resumed(self, step: int) -> None:
+    """Marks a restart from the checkpoint of `step`: TensorBoard drops what an
+    earlier run logged after it.
+
+    A run killed after its last checkpoint has logged steps its resumed run
+    logs again, into a new events file. A SessionLog START event at step + 1
+    makes TensorBoard's reader purge every older event at or after that step,
+    for every tag (its own out-of-order check only catches tags logged again).
+    """
+    self._file.add_event(self._event_pb2.Event(
+        step=int(step) + 1, wall_time=time.time(),
+        session_log=self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)))
+
   def flush(self) -> None:
     self._file.flush()
 
@@ -91,6 +104,12 @@ class MultiWriter:
     for w in self.writers:
       if hasattr(w, "text"):
         w.text(step, tag, text)
+
+  def resumed(self, step: int) -> None:
+    """Tells the writers that can use it that the run restarts after `step`."""
+    for w in self.writers:
+      if hasattr(w, "resumed"):
+        w.resumed(step)
 
   def flush(self) -> None:
     for w in self.writers:

@@ -346,6 +346,8 @@ class Run:
     if restored is not None:
       log.info("resuming from the checkpoint of step %d in %s", restored[2],
                self.ckpt.directory)
+      if self.writer is not None and hasattr(self.writer, "resumed"):
+        self.writer.resumed(restored[2])
     return restored
 
   def say(self, msg: str) -> None:

@@ -115,6 +115,11 @@ class SeedWriters:
     for w in self.writers:
       w.text(step, tag, text)
 
+  def resumed(self, step: int) -> None:
+    for w in self.writers:
+      if hasattr(w, "resumed"):
+        w.resumed(step)
+
   def close(self) -> None:
     for w in self.writers:
       w.close()

@@ -225,3 +225,32 @@ def test_train_runs_write_the_same_events(tmp_path):
                    f"--workdir={tmp_path / 'run'}"]) == 0
   acc, n = _events_equal_rows(tmp_path / "run")
   assert n >= 9 and "train/loss" in acc.Tags()["scalars"]
+
+
+def test_a_resumed_run_purges_what_the_killed_run_logged_after_the_checkpoint(tmp_path):
+  """A run killed after step 4, resumed from the checkpoint of step 2, logs 3.. again.
+
+  TensorBoard's reader must show the resumed run's values only, including for a
+  tag the resumed run has not logged again yet ('epoch/x' at step 4): that tag
+  is what the START event (`TensorBoardWriter.resumed`) is for.
+  """
+  import time
+  from tensorboard.backend.event_processing import event_accumulator
+  from jdarts import event_writer
+  first = event_writer.TensorBoardWriter(str(tmp_path))
+  for step in range(1, 5):
+    first.write(step, "train", {"loss": float(step)})
+  first.write(4, "epoch", {"x": 1.0})
+  first.close()
+  time.sleep(1.1)  # event files are named, and read, by their creation second
+  second = event_writer.MultiWriter([event_writer.TensorBoardWriter(str(tmp_path))])
+  second.resumed(2)
+  second.write(3, "train", {"loss": 30.0})
+  second.close()
+  acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 1.0), (2, 2.0),
+                                                                    (3, 30.0)]
+  # The purge empties the tag (the reader keeps its name).
+  tags = acc.Tags()["scalars"]
+  assert "epoch/x" not in tags or not acc.Scalars("epoch/x")
