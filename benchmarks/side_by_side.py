@@ -1,6 +1,6 @@
 """The reference DARTS search steps and ours, back to back in one run, as a markdown table.
 
-    python benchmarks/side_by_side.py --ptv=/work/PTV --peer=/work/peers/darts \
+    python benchmarks/side_by_side.py --ptv=PTV --peer=PEERS/darts \
         --config=small --runs=2 --threads=2 --out=side_by_side.jsonl
 
 First the reference (quark0/darts in PyTorch, through
