@@ -115,6 +115,20 @@ def build_space(cfg, info, bn_axis_name: Optional[str] = None):
   return spaces.get_space(cfg.space, _plain(cfg.model), info, bn_axis_name=bn_axis_name)
 
 
+def device_space(cfg, info, axis: Optional[str]):
+  """The space the search step runs: BatchNorm moments across `axis` if
+  `parallel.cross_replica_bn` (axis None: one device)."""
+  return build_space(cfg, info, bn_axis_name=axis if cfg.parallel.cross_replica_bn else None)
+
+
+def make_step(cfg, space, setup: "SearchSetup", axis: Optional[str]):
+  """The per-device search step of `cfg` (`jdarts.search.make_search_step`)."""
+  return search_lib.make_search_step(
+      space, cfg.arch, setup.w_opt, setup.a_opt, setup.schedule, axis_name=axis,
+      weight_decay=cfg.optim.weight_decay, optim_cfg=cfg.optim,
+      log_grad_correlation=bool(cfg.get("log_grad_correlation", False)))
+
+
 class SearchSetup(NamedTuple):
   """The optimisers and initial state of a search (see `init_search`)."""
   schedule: Any

@@ -137,7 +137,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     runs.write_json(r.path("genotype.json"), {"recurrent": [list(e) for e in genotype.recurrent],
                                                "concat": list(genotype.concat)})
   spe = (train.shape[1] - 1) // bptt
-  total = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
+  total = r.total_steps(spe)
   tx = optim.weight_optimizer(cfg.optim, schedules.make_schedule(cfg.optim, cfg.epochs, spe))
   params = net.init(jax.random.PRNGKey(cfg.seed))
   avg = jax.tree_util.tree_map(jnp.copy, params)  # its own buffers: the step donates both

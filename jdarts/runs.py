@@ -316,6 +316,11 @@ class Run:
       raise ConfigError(str(e)) from None
     return num_devices, global_devices
 
+  def total_steps(self, steps_per_epoch: int) -> int:
+    """The run's length: `epochs` epochs, cut at `max_steps` when that is set."""
+    total = self.cfg.epochs * steps_per_epoch
+    return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
   def parallel_step(self, per_device_step: Callable, num_devices: int, global_devices: int,
                     num_batches: int) -> parallel.ParallelStep:
     """`per_device_step` wrapped for the configured backend and devices."""

@@ -98,20 +98,14 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
                nan_hint="lower optim.learning_rate or arch.learning_rate.")
   data = experiment.build_data(cfg, jax.process_index(), jax.process_count())
   spe = experiment.steps_per_epoch(cfg, data)
-  total = cfg.epochs * spe
-  if cfg.max_steps:
-    total = min(total, cfg.max_steps)
+  total = r.total_steps(spe)
   num_devices, global_devices = r.devices()
   axis = parallel.AXIS if global_devices > 1 else None
-  space = experiment.build_space(cfg, data.info,
-                                 bn_axis_name=axis if cfg.parallel.cross_replica_bn else None)
-  schedule, w_opt, a_opt, state = experiment.init_search(cfg, space, spe)
-  step_fn = r.parallel_step(
-      search_lib.make_search_step(space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis,
-                                  weight_decay=cfg.optim.weight_decay, optim_cfg=cfg.optim,
-                                  log_grad_correlation=bool(cfg.get("log_grad_correlation",
-                                                                    False))),
-      num_devices, global_devices, num_batches=2)
+  space = experiment.device_space(cfg, data.info, axis)
+  setup = experiment.init_search(cfg, space, spe)
+  state = setup.state
+  step_fn = r.parallel_step(experiment.make_step(cfg, space, setup, axis),
+                            num_devices, global_devices, num_batches=2)
 
   # Host (numpy) values: one copy, written by the primary process; device
   # arrays local to each process cannot be saved under multi-host.
@@ -145,7 +139,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
                                cfg.batch_size, cfg.seed)
   probe = None
   if cfg.get("hypergrad_probe_every", 0) and r.main:
-    probe = hypergrad_probe.Probe(cfg, eval_space, w_opt, schedule, probe_path)
+    probe = hypergrad_probe.Probe(cfg, eval_space, setup.w_opt, setup.schedule, probe_path)
   timing = {"probe": 0.0}
   stopped = {}  # DARTS-ES: the step at which the search stopped
   shown = ("loss",) + tuple(space.metric_names)[:1]

@@ -45,7 +45,6 @@ from jdarts import event_writer
 from jdarts import experiment
 from jdarts import parallel
 from jdarts import runs
-from jdarts import search as search_lib
 from jdarts import seeds as seeds_lib
 from jdarts.config_lib import ConfigError
 
@@ -91,30 +90,23 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       os.makedirs(d, exist_ok=True)
       # The config that runs this search alone (seed + k, num_seeds 1).
       runs.write_json(os.path.join(d, "config.json"), json.loads(c.to_json_best_effort()))
+    tbs = [event_writer.open_tensorboard(d) if cfg.get("tensorboard", True) else None
+           for d in dirs]  # None also when the tensorboard package is missing
     r.writer = seeds_lib.SeedWriters([event_writer.MultiWriter(
-        [runs.MetricsWriter(d)] + ([event_writer.open_tensorboard(d)]
-                                   if cfg.get("tensorboard", True) else []))
-        for d in dirs])
+        [runs.MetricsWriter(d)] + ([tb] if tb else [])) for d, tb in zip(dirs, tbs)])
   shared = _shared_order(cfg)
   pid, pcount = jax.process_index(), jax.process_count()
   datas = [experiment.build_data(c, pid, pcount) for c in (cfgs[:1] if shared else cfgs)]
   data = datas[0]
   spe = experiment.steps_per_epoch(cfg, data)
-  total = cfg.epochs * spe
-  if cfg.max_steps:
-    total = min(total, cfg.max_steps)
+  total = r.total_steps(spe)
   num_devices, global_devices = r.devices()
   axis = parallel.AXIS if global_devices > 1 else None
-  space = experiment.build_space(cfg, data.info,
-                                 bn_axis_name=axis if cfg.parallel.cross_replica_bn else None)
+  space = experiment.device_space(cfg, data.info, axis)
   setups = [experiment.init_search(c, space, spe) for c in cfgs]
-  schedule, w_opt, a_opt, _ = setups[0]
+  step = experiment.make_step(cfg, space, setups[0], axis)
   state = seeds_lib.stack_states([jax.device_get(s.state) for s in setups])
   del setups
-  step = search_lib.make_search_step(
-      space, cfg.arch, w_opt, a_opt, schedule, axis_name=axis,
-      weight_decay=cfg.optim.weight_decay, optim_cfg=cfg.optim,
-      log_grad_correlation=bool(cfg.get("log_grad_correlation", False)))
   step_fn = r.parallel_step(seeds_lib.vmap_step(step, state, shared_batches=shared),
                             num_devices, global_devices, num_batches=2)
 

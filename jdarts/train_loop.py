@@ -120,9 +120,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
 
   train_it, info, eval_sources = build_data(cfg, jax.process_index(), jax.process_count())
   spe = train_it.steps_per_epoch
-  total = cfg.epochs * spe
-  if cfg.max_steps:
-    total = min(total, cfg.max_steps)
+  total = r.total_steps(spe)
   num_devices, global_devices = r.devices()
   axis = parallel.AXIS if global_devices > 1 else None
   cross = bool(cfg.parallel.cross_replica_bn)
