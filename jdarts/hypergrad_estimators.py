@@ -210,10 +210,8 @@ def virtual_update_and_pullback(train, params, alphas, batch, xi, optimizer, opt
   g, _ = device_grad(train, 0, params, alphas, batch, axis_name)
   if optimizer is None:
     return _axpy(-xi, g, params), lambda v: jax.tree.map(lambda t: -xi * t, v)
-  updates = _optax_updates(optimizer, g, opt_state, params)  # one-line error if unfit
-  del updates
   step = lambda grads: optax.apply_updates(
-      params, optimizer.update(grads, opt_state, params)[0])
+      params, _optax_updates(optimizer, grads, opt_state, params))
   w1, pull = jax.vjp(step, g)
   return w1, lambda v: pull(jax.tree.map(lambda t, p: t.astype(p.dtype), v, w1))[0]
 

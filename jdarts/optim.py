@@ -77,13 +77,11 @@ def clip_by_global_norm_constant(max_norm: float) -> optax.GradientTransformatio
 
   def update(updates, state, params=None):
     del params
-    clipped, state = clip.update(updates, state)
-    # scale = clipped / g leaf by leaf is one number; take it from the norms.
-    norm = optax.tree_utils.tree_norm(updates)
-    scale = jax.lax.stop_gradient(
-        jnp.where(norm < max_norm, jnp.ones_like(norm), max_norm / norm))
-    return jax.tree.map(lambda g, c: jax.lax.stop_gradient(c - g * scale) + g * scale,
-                        updates, clipped), state
+    # optax's formula, t / ||g|| * max_norm, with ||g|| held constant.
+    norm = jax.lax.stop_gradient(optax.tree_utils.tree_norm(updates))
+    return jax.tree.map(
+        lambda t: jnp.where(norm < max_norm, t, t / norm.astype(t.dtype) * max_norm),
+        updates), state
   return optax.GradientTransformation(clip.init, update)
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Sequence
 import jax
 import numpy as np
 
+from jdarts import event_writer
 from jdarts import runs
 from jdarts import search as search_lib
 
@@ -97,32 +98,17 @@ def vmap_step(step: Callable, state_template: search_lib.SearchState, *,
   return jax.vmap(step, in_axes=(axes,) + (batch_axis,) * num_batches, out_axes=(axes, 0))
 
 
-class SeedWriters:
+class SeedWriters(event_writer.MultiWriter):
   """The `Run` writer of a K-seed search: row values of shape (K,) go one to each seed.
 
-  Scalars (e.g. the throughput, shared by all searches) go to every seed.
+  Scalars (e.g. the throughput, shared by all searches) go to every seed;
+  texts, resumes and closes go to every seed's writer (`MultiWriter`).
   """
-
-  def __init__(self, writers: Sequence[Any]):
-    self.writers = list(writers)
 
   def write(self, step: int, kind: str, values: Dict[str, Any]) -> None:
     for k, w in enumerate(self.writers):
       w.write(step, kind, {n: (np.asarray(v)[k] if np.ndim(v) else v)
                            for n, v in values.items()})
-
-  def text(self, step: int, tag: str, text: str) -> None:
-    for w in self.writers:
-      w.text(step, tag, text)
-
-  def resumed(self, step: int) -> None:
-    for w in self.writers:
-      if hasattr(w, "resumed"):
-        w.resumed(step)
-
-  def close(self) -> None:
-    for w in self.writers:
-      w.close()
 
 
 def skip_count(stats: Dict[str, float]) -> Any:

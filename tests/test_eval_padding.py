@@ -14,17 +14,27 @@ import helpers
 from jdarts import data, evaluation
 
 
-def test_padded_evaluation_equals_unpadded_batches():
+def _digits_batches(batch_size):
   source = data.load_source("digits", "test")
   info = data.get_info("digits")
-  batches = list(data.make_eval_iterator(source, info, batch_size=32))
-  assert int(batches[-1]["mask"].sum()) == len(source) % 32 == 9
-  space = helpers.make_space(helpers.tiny_model(), image_shape=info.image_shape,
-                             num_classes=info.num_classes)
-  params = space.init(jax.random.PRNGKey(0), batches[0])
+  return source, info, list(data.make_eval_iterator(source, info, batch_size=batch_size))
+
+
+def _weights(space, batch):
+  """Initial weights and non-uniform alphas (0.5 N(0, 1)) of `space`."""
+  params = space.init(jax.random.PRNGKey(0), batch)
   alphas = jax.tree_util.tree_map(
       lambda a: 0.5 * np.random.RandomState(1).randn(*a.shape).astype(a.dtype),
       space.init_alphas(jax.random.PRNGKey(1)))
+  return params, alphas
+
+
+def test_padded_evaluation_equals_unpadded_batches():
+  source, info, batches = _digits_batches(32)
+  assert int(batches[-1]["mask"].sum()) == len(source) % 32 == 9
+  space = helpers.make_space(helpers.tiny_model(), image_shape=info.image_shape,
+                             num_classes=info.num_classes)
+  params, alphas = _weights(space, batches[0])
   step = jax.jit(evaluation.make_eval_step(space))
   got = evaluation.evaluate(space, step, params, alphas, batches, batch_size=32)
 
@@ -45,12 +55,6 @@ def test_padded_evaluation_equals_unpadded_batches():
   unpadded_last = jax.device_get(sums[-1])
   padded_last = jax.device_get(padded_last)
   assert abs(float(padded_last["loss"]) - float(unpadded_last["loss"])) > 1e-3
-
-
-def _digits_batches(batch_size):
-  source = data.load_source("digits", "test")
-  info = data.get_info("digits")
-  return source, info, list(data.make_eval_iterator(source, info, batch_size=batch_size))
 
 
 def _pad(batch, n):
@@ -76,10 +80,7 @@ def test_device_parallel_evaluation_equals_one_device(backend):
   kw = dict(image_shape=info.image_shape, num_classes=info.num_classes)
   single = helpers.make_space(helpers.tiny_model(), **kw)
   across = helpers.make_space(helpers.tiny_model(bn_axis_name="batch"), **kw)
-  params = single.init(jax.random.PRNGKey(0), batches[0])
-  alphas = jax.tree_util.tree_map(
-      lambda a: 0.5 * np.random.RandomState(1).randn(*a.shape).astype(a.dtype),
-      single.init_alphas(jax.random.PRNGKey(1)))
+  params, alphas = _weights(single, batches[0])
   one = jax.jit(evaluation.make_eval_step(single))
   want = evaluation.evaluate(single, one, params, alphas, batches, batch_size=32)
   step = evaluation.ParallelEval(across, single, backend=backend, devices=jax.devices()[:4])
