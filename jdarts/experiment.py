@@ -10,6 +10,7 @@ estimator by `jdarts.hypergrad`), all before anything is built or compiled.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Dict, NamedTuple, Optional
 
 import jax
@@ -127,6 +128,15 @@ def make_step(cfg, space, setup: "SearchSetup", axis: Optional[str]):
       space, cfg.arch, setup.w_opt, setup.a_opt, setup.schedule, axis_name=axis,
       weight_decay=cfg.optim.weight_decay, optim_cfg=cfg.optim,
       log_grad_correlation=bool(cfg.get("log_grad_correlation", False)))
+
+
+def save_outputs(directory: str, space, alphas) -> Any:
+  """Writes genotype.json and alphas.json of one search's `alphas`; returns the genotype."""
+  alphas = jax.device_get(alphas)
+  genotype = space.derive(alphas)
+  runs.write_json(os.path.join(directory, "genotype.json"), space.genotype_json(genotype))
+  runs.write_json(os.path.join(directory, "alphas.json"), runs.to_jsonable(alphas))
+  return genotype
 
 
 class SearchSetup(NamedTuple):

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Any, Dict
 
@@ -58,15 +57,6 @@ from jdarts import search as search_lib
 from jdarts import seeds_loop
 
 log = logging.getLogger("jdarts")
-
-
-def save_outputs(workdir: str, space, alphas) -> Any:
-  """Writes genotype.json and alphas.json for `alphas`; returns the genotype."""
-  alphas = jax.device_get(alphas)
-  genotype = space.derive(alphas)
-  runs.write_json(os.path.join(workdir, "genotype.json"), space.genotype_json(genotype))
-  runs.write_json(os.path.join(workdir, "alphas.json"), runs.to_jsonable(alphas))
-  return genotype
 
 
 def _fmt(v: float) -> str:
@@ -168,7 +158,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     if epoch_end:
       alphas = jax.device_get(step_fn.get_state(state).alphas)
       if r.main:
-        genotype = save_outputs(workdir, space, alphas)
+        genotype = experiment.save_outputs(workdir, space, alphas)
         r.writer.write(step, "arch", {**arch_stats.alpha_entropy(alphas),
                                       **arch_stats.genotype_stats(space, genotype)})
         r.writer.text(step, "genotype", space.format_genotype(genotype))
@@ -215,7 +205,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   genotype = space.derive(jax.device_get(final_alphas))
   summary["genotype"] = space.genotype_json(genotype)
   if r.main:
-    save_outputs(workdir, space, final_alphas)
+    experiment.save_outputs(workdir, space, final_alphas)
   for name, batches in data.eval_batches.items():
     res = evaluation.evaluate(eval_space, eval_step, state.params, state.alphas, batches(),
                               batch_size=cfg.batch_size)

@@ -158,7 +158,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       if not epoch_end:
         writer.write(step, "arch", arch_stats.alpha_entropy(a_k))
         continue
-      genotype = _save_outputs(d, space, a_k)
+      genotype = experiment.save_outputs(d, space, a_k)
       writer.write(step, "arch", {**arch_stats.alpha_entropy(a_k),
                                   **arch_stats.genotype_stats(space, genotype)})
       writer.text(step, "genotype", space.format_genotype(genotype))
@@ -198,7 +198,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       metric_keys += [m for m in got if m not in metric_keys]
     rows.append(row)
     if r.main:
-      _save_outputs(d, space, s.alphas)
+      experiment.save_outputs(d, space, s.alphas)
       r.writer.writers[k].write(step, "final", {m: v for m, v in seed_summary.items()
                                                 if isinstance(v, (int, float))})
       runs.write_json(os.path.join(d, "summary.json"), seed_summary)
@@ -215,12 +215,3 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     runs.write_json(r.path("summary.json"), summary)
     r.writer.close()
   return summary
-
-
-def _save_outputs(directory: str, space, alphas) -> Any:
-  """Writes genotype.json and alphas.json of one search; returns its genotype."""
-  alphas = jax.device_get(alphas)
-  genotype = space.derive(alphas)
-  runs.write_json(os.path.join(directory, "genotype.json"), space.genotype_json(genotype))
-  runs.write_json(os.path.join(directory, "alphas.json"), runs.to_jsonable(alphas))
-  return genotype
