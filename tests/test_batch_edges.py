@@ -184,3 +184,27 @@ def test_config_key_defaults_off():
   cfg = config_lib.search_defaults()
   assert cfg.model.batch_edges is False
   assert not spaces.get_space("darts_cnn", cfg.model, helpers.image_info()).network.batch_edges
+
+
+def test_init_skips_the_forward_but_creates_the_same_parameters(monkeypatch):
+  """`init` creates the stacked parameters without computing the edges (the eager
+  forward compiled one program per op shape): the same tree, bitwise, as an init
+  that computes them; each edge's copy is its own draw within the per-edge bound."""
+  # One reduction cell: strided edges, FactorizedReduce and a per-edge (vmap) op.
+  model = _tiny(layers=1, primitives=("none", "max_pool_3x3", "skip_connect",
+                                      "sep_conv_3x3", "conv_7x1_1x7"))
+  batched = spaces.get_space("darts_cnn", dict(model, batch_edges=True),
+                             helpers.image_info((8, 8, 3), 5))
+  batch = {"image": jnp.zeros((4, 8, 8, 3)), "label": jnp.zeros((4,), jnp.int32)}
+  fast = batched.init(jax.random.PRNGKey(3), batch)
+  monkeypatch.setattr(batched_edges.SourceEdges, "is_initializing", lambda self: False)
+  full = batched.init(jax.random.PRNGKey(3), batch)
+  assert jax.tree_util.tree_structure(fast) == jax.tree_util.tree_structure(full)
+  for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(full)):
+    np.testing.assert_array_equal(a, b)
+  # Source 0 of a 2-node cell feeds 2 edges; a reduction cell has 2C = 8 channels.
+  kernel = np.asarray(fast["cell_0"]["source_0"]["sep_conv_3x3"]["DilConv_0"]["Conv_0"]["kernel"])
+  assert kernel.shape == (2, 1, 1, 8, 8)
+  bound = 1 / np.sqrt(8)  # PyTorch's U(+-1/sqrt(fan_in)), fan_in of one edge's 1x1 conv
+  assert 0.5 * bound < np.abs(kernel).max() <= bound
+  assert not np.array_equal(kernel[0], kernel[1])
