@@ -20,6 +20,8 @@ Semantics of the figures: the reference's median is the median over runs of
 per-run medians and its min the smallest per-run median (bench_torch_darts.py);
 ours are the median and min over `--repeats` steps of one process per kind,
 after one warm-up call. Both use all `--threads` cores (JAX takes the machine's).
+`--variants=default,batch_edges` times ours both per edge and with
+`model.batch_edges` (one row per kind and variant).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ DEFAULT_BENCH = os.path.join(ROOT, os.pardir, "shared", "peers", "bench_torch_da
 SETTINGS = {"tiny": (2, 3, 2),  # 3 cells: the reference needs a normal cell
             "small": (8, 5, 16), "paper": (16, 8, 64)}
 # (our kind, the reference's kind, row label)
+# Our supernet variants: search_step.py flags.
+VARIANT_FLAGS = {"default": [], "batch_edges": ["--batch_edges"]}
 ROWS = (("weight", "weight", "weight"),
         ("arch_first_order", "arch_first", "first-order architecture"),
         ("exact_hvp", "arch_second", "second-order, exact HVP (ref: finite differences)"),
@@ -81,8 +85,12 @@ def run(cmd, env=None):
   return p.returncode, p.stdout
 
 
-def table(ref, ours, meta) -> str:
-  """The markdown report of one side-by-side run."""
+def table(ref, ours, meta, variants=("default",)) -> str:
+  """The markdown report of one side-by-side run.
+
+  `ref`: {reference kind: row}; `ours`: {(our kind, variant): row}; one line
+  per variant and kind, in `ROWS` order ('-' where a figure is missing).
+  """
   f = lambda x: "-" if x is None else (f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}")
   out = [f"Side by side, {meta['setting']} (C={meta['C']}, {meta['layers']} cells, batch "
          f"{meta['batch']}), {meta['date']}; CPU: {meta['cpu']}; {meta['threads']} threads; "
@@ -94,16 +102,18 @@ def table(ref, ours, meta) -> str:
          "| ref / ours (median) | jdarts compile s (wall / CPU) | reference peak MB "
          "| jdarts peak MB (compile / run) |",
          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for kind, ref_kind, label in ROWS:
-    r, o = ref.get(ref_kind, {}), ours.get(kind, {})
-    rmin, rmed = r.get("ms_min"), r.get("ms_per_step")
-    omin, omed = o.get("ms_min"), o.get("ms_per_step")
-    ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}x"
-    out.append(
-        f"| {label} | {f(rmin)} / {f(rmed)} | {f(omin)} / {f(omed)} | {ratio(rmin, omin)} "
-        f"| {ratio(rmed, omed)} | {f(o.get('compile_s'))} / {f(o.get('compile_cpu_s'))} "
-        f"| {f(r.get('peak_rss_mb'))} | {f(o.get('compile_peak_rss_mb'))} / "
-        f"{f(o.get('run_peak_rss_mb'))} |")
+  for variant in variants:
+    for kind, ref_kind, label in ROWS:
+      r, o = ref.get(ref_kind, {}), ours.get((kind, variant), {})
+      rmin, rmed = r.get("ms_min"), r.get("ms_per_step")
+      omin, omed = o.get("ms_min"), o.get("ms_per_step")
+      ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}x"
+      label = label if variant == "default" else f"{label}, {variant}"
+      out.append(
+          f"| {label} | {f(rmin)} / {f(rmed)} | {f(omin)} / {f(omed)} | {ratio(rmin, omin)} "
+          f"| {ratio(rmed, omed)} | {f(o.get('compile_s'))} / {f(o.get('compile_cpu_s'))} "
+          f"| {f(r.get('peak_rss_mb'))} | {f(o.get('compile_peak_rss_mb'))} / "
+          f"{f(o.get('run_peak_rss_mb'))} |")
   errors = [f"{k}: {v['error']}" for d in (ref, ours) for k, v in d.items() if "error" in v]
   if errors:
     out += ["", "Failed: " + "; ".join(errors)]
@@ -131,7 +141,15 @@ def main(argv=None):
   ap.add_argument("--peer_commit", default="f276dd3",
                   help="the reference's commit (an archive extract has no .git)")
   ap.add_argument("--out", default="", help="append every JSON row and the table here")
+  ap.add_argument("--variants", default="default",
+                  help="ours, comma-separated: 'default' (the per-edge supernet) and/or "
+                       "'batch_edges' (model.batch_edges); each runs every kind")
   args = ap.parse_args(argv)
+  variants = [v for v in args.variants.split(",") if v]
+  for v in variants:
+    if v not in VARIANT_FLAGS:
+      raise SystemExit(f"side_by_side: error: --variants: unknown {v!r}; choose from "
+                       f"{', '.join(VARIANT_FLAGS)}.")
   setting = "tiny" if args.tiny else args.config
   C, layers, batch = SETTINGS[setting]
   torch_py = os.path.join(args.ptv, "bin", "python")
@@ -154,26 +172,29 @@ def main(argv=None):
   _, ref_out = run(ref_cmd)
   ref_rows = json_lines(ref_out)
   meta["load1"] = load()
-  ours_cmd = [sys.executable, os.path.join(HERE, "search_step.py"), "--isolate",
-              f"--C={C}", f"--layers={layers}", f"--batch={batch}",
-              f"--repeats={args.repeats}",
-              "--steps=" + ",".join(kind for kind, _, _ in ROWS)]
-  _, ours_out = run(ours_cmd)
-  our_rows = json_lines(ours_out)
+  our_rows = []
+  for variant in variants:
+    ours_cmd = [sys.executable, os.path.join(HERE, "search_step.py"), "--isolate",
+                f"--C={C}", f"--layers={layers}", f"--batch={batch}",
+                f"--repeats={args.repeats}",
+                "--steps=" + ",".join(kind for kind, _, _ in ROWS)] + VARIANT_FLAGS[variant]
+    _, ours_out = run(ours_cmd)
+    our_rows += [dict(r, variant=variant) for r in json_lines(ours_out)]
   meta["load2"] = load()
   meta["torch"] = next((r.get("torch") for r in ref_rows if r.get("torch")), "?")
   meta["jax"] = next((r.get("jax") for r in our_rows if r.get("jax")), "?")
   ref = {r["kind"]: r for r in ref_rows if "kind" in r}
-  ours = {r["kind"]: r for r in our_rows if "kind" in r}
-  report = table(ref, ours, meta)
+  ours = {(r["kind"], r["variant"]): r for r in our_rows if "kind" in r}
+  report = table(ref, ours, meta, variants)
   print(report, flush=True)
   if args.out:
     with open(args.out, "a") as fh:
       for r in ref_rows + our_rows:
         fh.write(json.dumps(dict(r, side_by_side=meta["date"])) + "\n")
       fh.write("\n" + report + "\n")
-  missing = [k for k, rk, _ in ROWS if k not in ours or rk not in ref
-             or "error" in ours[k] or "error" in ref[rk]]
+  missing = [(k, v) for k, rk, _ in ROWS for v in variants
+             if (k, v) not in ours or rk not in ref
+             or "error" in ours[k, v] or "error" in ref[rk]]
   return 1 if missing else 0
 
 

@@ -137,14 +137,22 @@ class BatchNorm(nn.Module):
   With `opts.track_running_stats=False` it always uses batch statistics and owns
   no state (search). Otherwise it is Flax's BatchNorm with running averages in
   'batch_stats', used when `train=False` (evaluation networks).
+
+  `axes`: the axes the batch-statistics moments reduce over, (0, 1, 2) for
+  (N, H, W, C); e.g. (1, 2, 3) normalises (G, N, H, W, C) as G separate
+  BatchNorms in one (batch statistics only).
   """
   affine: bool
   opts: OpOptions = OpOptions()
+  axes: Tuple[int, ...] = (0, 1, 2)
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     o = self.opts
     if o.track_running_stats:
+      if tuple(self.axes) != (0, 1, 2):
+        raise ValueError(f"BatchNorm(axes={self.axes}) needs batch statistics "
+                         "(opts.track_running_stats=False).")
       return nn.BatchNorm(use_running_average=not train, momentum=o.bn_momentum,
                           epsilon=o.bn_epsilon, use_scale=self.affine,
                           use_bias=self.affine, axis_name=o.bn_axis_name,
@@ -156,11 +164,12 @@ class BatchNorm(nn.Module):
     # E[x^2] - E[x]^2: the single pass cancels where |mean| >> std and its
     # round-off then depends on how the devices' sums are ordered (issue 11).
     # Across devices: one more pmean per BatchNorm.
-    mean = jnp.mean(xf, axis=(0, 1, 2))
+    axes = tuple(self.axes)
+    mean = jnp.mean(xf, axis=axes, keepdims=True)
     if o.bn_axis_name is not None:
       mean = lax.pmean(mean, o.bn_axis_name)
     centred = xf - mean
-    var = jnp.mean(jnp.square(centred), axis=(0, 1, 2))
+    var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
     if o.bn_axis_name is not None:
       var = lax.pmean(var, o.bn_axis_name)
     y = centred * lax.rsqrt(var + o.bn_epsilon)

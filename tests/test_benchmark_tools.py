@@ -83,13 +83,17 @@ def test_side_by_side_table_ratios_and_failures():
   ref = {"weight": dict(ms_min=1000.0, ms_per_step=1200.0, peak_rss_mb=900.0),
          "arch_first": dict(ms_min=1200.0, ms_per_step=1300.0, peak_rss_mb=950.0),
          "arch_second": {"error": "exit 1"}}
-  ours = {"weight": dict(ms_min=500.0, ms_per_step=800.0, compile_s=20.0,
-                         compile_cpu_s=30.0, compile_peak_rss_mb=2000.0,
-                         run_peak_rss_mb=700.0)}
+  ours = {("weight", "default"): dict(ms_min=500.0, ms_per_step=800.0, compile_s=20.0,
+                                     compile_cpu_s=30.0, compile_peak_rss_mb=2000.0,
+                                     run_peak_rss_mb=700.0),
+          ("weight", "batch_edges"): dict(ms_min=400.0, ms_per_step=400.0)}
   meta = dict(setting="tiny", C=2, layers=3, batch=2, date="d", cpu="c", threads=2,
               peer_commit="p", torch="t", commit="x", jax="j", load0="0", load1="1", load2="2")
-  lines = side_by_side.table(ref, ours, meta).splitlines()
-  weight = next(l for l in lines if l.startswith("| weight "))
+  lines = side_by_side.table(ref, ours, meta, ["default", "batch_edges"]).splitlines()
+  weight = next(l for l in lines if l.startswith("| weight |"))
+  batched = next(l for l in lines if l.startswith("| weight, batch_edges |"))
+  assert "| 2.50x | 3.00x |" in batched
+  assert sum(l.startswith("| first-order") for l in lines) == 2
   assert "| 2.00x | 1.50x |" in weight and "| 20 / 30 |" in weight
   assert "| 2000 / 700 |" in weight
   first = next(l for l in lines if l.startswith("| first-order"))

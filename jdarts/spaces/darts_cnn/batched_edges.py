@@ -8,19 +8,22 @@ computes the k mixed operations on those edges at once instead of one
 * Parameter-free candidates run once and are shared by the k edges: pooling
   followed by search BatchNorm (batch statistics, no affine parameters, hence
   no per-edge state) and the identity give the same tensor on every edge.
-* Parametric candidates share one ReLU of the input; per candidate and layer
-  the k edges take one depthwise call (the first layer on the shared input,
-  kernels stacked as a channel multiplier k), one batched 1x1 matmul and one
-  BatchNorm over the k*C channels (BN normalises each channel on its own, so
-  this equals the k separate BNs). FactorizedReduce (strided skip) likewise.
+* Parametric candidates share one ReLU of the input. The first layer's
+  depthwise convolution is one call per candidate for all k edges (on the
+  shared input, kernels stacked as a channel multiplier k); then, layer by
+  layer, the candidates still running are stacked on a leading edge axis, so
+  their 1x1 convolutions are one batched matmul and their BatchNorms one
+  BatchNorm of (G, N, H, W, C), G = candidates x k, with moments per (group,
+  channel): the same as G separate BatchNorms. FactorizedReduce (strided
+  skip) likewise.
 * Any other registered operation runs per edge under `nn.vmap`, with the
   same stacked parameters (exact, just not fused).
 
-Fewer, larger XLA ops (about a third of the per-edge graph), so compiles are
-about 3x faster. On CPU the step itself gains only ~10%: XLA already shares
-identical pooling/ReLU ops across edges (CSE), and the dense block-diagonal
-depthwise convolutions, whose work batching cannot reduce, dominate
-(benchmarks/cell_step.py).
+Activations are edge-major, (k, N, H, W, C): slicing an edge is contiguous
+and batched matmuls need no transposes (XLA's batched dot wants the batch
+axis first). Fewer, larger XLA ops than the per-edge graph, so compiles are
+faster (benchmarks/RESULTS.md); the dense block-diagonal depthwise
+convolutions, whose work batching cannot reduce, dominate the CPU step.
 
 Parameter layout: the parameters of candidate `p` on the k edges are the
 per-edge `MixedOp` parameters of `p` stacked on a new leading axis (edges in
@@ -105,7 +108,7 @@ def depthwise_shared_input(x, kernels, stride: int, padding: int, dilation: int,
     impl: 'xla' | 'shift' | 'dense' (see `ops.DepthwiseConv`).
 
   Returns:
-    (N, H_out, W_out, k, C); [..., e, :] is edge e's convolution.
+    (k, N, H_out, W_out, C), edge-major: [e] is edge e's convolution.
   """
   k, kh, kw, _, C = kernels.shape
   kernels = kernels.astype(x.dtype)
@@ -114,19 +117,19 @@ def depthwise_shared_input(x, kernels, stride: int, padding: int, dilation: int,
     # is channel c convolved with edge e's kernel.
     w = jnp.transpose(kernels, (1, 2, 3, 4, 0)).reshape(kh, kw, 1, C * k)
     y = _conv(x, w, stride, padding, dilation, groups=C)
-    return jnp.swapaxes(y.reshape(y.shape[:3] + (C, k)), -1, -2)
+    return jnp.transpose(y.reshape(y.shape[:3] + (C, k)), (4, 0, 1, 2, 3))
   if impl == "dense":
     # One dense C -> k*C convolution whose kernel is nonzero only where the
     # output channel e*C + c reads input channel c.
     full = kernels[:, :, :, 0, :, None] * jnp.eye(C, dtype=x.dtype)  # (k, kh, kw, C, C)
     full = jnp.transpose(full, (1, 2, 3, 0, 4)).reshape(kh, kw, C, k * C)
     y = _conv(x, full, stride, padding, dilation, groups=1)
-    return y.reshape(y.shape[:3] + (k, C))
+    return jnp.moveaxis(y.reshape(y.shape[:3] + (k, C)), 3, 0)
   if impl == "shift":
     # A sum of kh*kw shifted copies, each scaled by the k edges' taps at once.
     out = None
     for i, j, patch in ops.shifted_taps(x, kh, kw, stride, padding, dilation):
-      term = patch[..., None, :] * kernels[:, i, j, 0, :]
+      term = patch[None] * kernels[:, i, j, 0, None, None, None, :]
       out = term if out is None else out + term
     return out
   raise ValueError(f"Unknown depthwise implementation {impl!r}.")
@@ -136,45 +139,58 @@ def depthwise_per_edge(x, kernels, stride: int, padding: int, dilation: int, imp
   """One depthwise convolution per edge, each on its own input.
 
   Args:
-    x: (N, H, W, k, C) per-edge inputs.
+    x: (k, N, H, W, C) per-edge inputs, edge-major.
     kernels: (k, kh, kw, 1, C) per-edge depthwise kernels, stacked.
     stride, padding, dilation, impl: as `depthwise_shared_input`.
 
   Returns:
-    (N, H_out, W_out, k, C).
+    (k, N, H_out, W_out, C).
   """
   k, kh, kw, _, C = kernels.shape
   if impl == "dense":
     # One block-diagonal convolution per edge: over all k*C channels at once
     # the kernel would be k times larger and mostly zeros (k times the work).
-    return jnp.stack([ops.depthwise_conv_dense(x[:, :, :, e], kernels[e], stride, padding,
-                                               dilation) for e in range(k)], axis=3)
-  # The k edges are k*C independent channels of one depthwise convolution.
-  x = x.reshape(x.shape[:3] + (k * C,))
-  w = jnp.transpose(kernels, (1, 2, 3, 0, 4)).reshape(kh, kw, 1, k * C).astype(x.dtype)
+    return jnp.stack([ops.depthwise_conv_dense(x[e], kernels[e], stride, padding, dilation)
+                      for e in range(k)])
+  kernels = kernels.astype(x.dtype)
+  if impl == "shift":
+    # The edges ride in the batch axis; each tap scales edge e by its own kernel.
+    n = x.shape[1]
+    out = None
+    for i, j, patch in ops.shifted_taps(x.reshape((k * n,) + x.shape[2:]), kh, kw, stride,
+                                        padding, dilation):
+      term = patch.reshape((k, n) + patch.shape[1:]) * kernels[:, i, j, 0, None, None, None, :]
+      out = term if out is None else out + term
+    return out
   if impl == "xla":
-    y = _conv(x, w, stride, padding, dilation, groups=k * C)
-  elif impl == "shift":
-    y = ops.depthwise_conv_shift(x, w, stride, padding, dilation)
-  else:
-    raise ValueError(f"Unknown depthwise implementation {impl!r}.")
-  return y.reshape(y.shape[:3] + (k, C))
+    # The k edges are k*C independent channels of one depthwise convolution.
+    xs = jnp.transpose(x, (1, 2, 3, 0, 4)).reshape(x.shape[1:4] + (k * C,))
+    w = jnp.transpose(kernels, (1, 2, 3, 0, 4)).reshape(kh, kw, 1, k * C)
+    y = _conv(xs, w, stride, padding, dilation, groups=k * C)
+    return jnp.transpose(y.reshape(y.shape[:3] + (k, C)), (3, 0, 1, 2, 4))
+  raise ValueError(f"Unknown depthwise implementation {impl!r}.")
 
 
 def pointwise_per_edge(x, kernels):
-  """1x1 convolutions, one per edge: (N, H, W, G, C_in) x (G, 1, 1, C_in, C_out).
+  """1x1 convolutions, one per edge: (G, N, H, W, C_in) x (G, 1, 1, C_in, C_out).
 
-  Returns (N, H, W, G, C_out); a single batched matmul over the G edges.
+  Returns (G, N, H, W, C_out): one batched matmul, the edge axis leading (the
+  layout XLA's batched dot wants, so no transposes around it).
   """
-  return jnp.einsum("nhwgc,gcd->nhwgd", x, kernels[:, 0, 0].astype(x.dtype))
+  return jnp.einsum("gnhwc,gcd->gnhwd", x, kernels[:, 0, 0].astype(x.dtype))
 
 
 def pointwise_shared_input(x, kernels):
   """1x1 convolutions of one input, one per edge: (N, H, W, C_in) x (G, 1, 1, C_in, C_out).
 
-  Returns (N, H, W, G, C_out); one matmul to G * C_out outputs.
+  Returns (G, N, H, W, C_out).
   """
-  return jnp.einsum("nhwc,gcd->nhwgd", x, kernels[:, 0, 0].astype(x.dtype))
+  return jnp.einsum("nhwc,gcd->gnhwd", x, kernels[:, 0, 0].astype(x.dtype))
+
+
+def edge_batch_norm(opts: ops.OpOptions, name=None) -> ops.BatchNorm:
+  """The search BatchNorm of (G, N, H, W, C): G separate BatchNorms in one."""
+  return ops.BatchNorm(False, opts, axes=(1, 2, 3), name=name)
 
 
 # ---------------------------------------------------------------------------
@@ -308,11 +324,11 @@ class SourceEdges(nn.Module):
       train: BatchNorm mode (search BN always uses batch statistics).
 
     Returns:
-      (N, H / stride, W / stride, k, C): [..., e, :] is edge e's mixed output.
+      (k, N, H / stride, W / stride, C), edge-major: [e] is edge e's mixed output.
     """
     k, s = weights.shape[0], self.stride
     x = x.astype(self.opts.dtype)
-    zeros = lambda: jnp.zeros(x[:, ::s, ::s].shape[:3] + (k, self.C), x.dtype)
+    zeros = lambda: jnp.zeros((k,) + x[:, ::s, ::s].shape[:3] + (self.C,), x.dtype)
     if self.is_initializing() and not self.opts.track_running_stats:
       # `init` needs the parameters, not the outputs: computing the edges
       # eagerly compiles one small XLA program per distinct op shape (~500 at
@@ -323,16 +339,14 @@ class SourceEdges(nn.Module):
         if form == "skip" and s != 1:
           StackedParams(factorized_reduce_leaves(self.C), k, name=name)()
         elif form is None and name != "none":
-          nn.vmap(_PerEdgeCandidate, variable_axes={"params": 0},
-                  split_rngs={"params": True}, in_axes=None, out_axes=3,
-                  axis_size=k)(name, self.C, s, self.opts, train, name=name)(x)
+          self._per_edge(name, k, train)(x)
       for name in self.primitives:
         form = batched_candidate(name)
         if isinstance(form, ConvCandidate):
           StackedParams(conv_candidate_leaves(form, self.C), k, name=name)()
       return zeros()
     relu_x = nn.relu(x)  # every parametric candidate starts with it: once
-    terms = []  # (weight column, (N, Ho, Wo, k or 1, C) output)
+    terms = []  # (weight column, (k or 1, N, Ho, Wo, C) output)
     convs = []  # (weight column, name, ConvCandidate), run after the loop
     for col, name in enumerate(self.primitives):
       if name == "none":  # contributes exactly zero
@@ -340,30 +354,33 @@ class SourceEdges(nn.Module):
       form = batched_candidate(name)
       if form in ("max", "avg"):
         y = ops.Pool(form, s)(x)
-        terms.append((col, ops.BatchNorm(False, self.opts)(y, train)[..., None, :]))
+        terms.append((col, ops.BatchNorm(False, self.opts)(y, train)[None]))
       elif form == "skip" and s == 1:
-        terms.append((col, x[..., None, :]))
+        terms.append((col, x[None]))
       elif form == "skip":
         terms.append((col, self._factorized_reduce(relu_x, name, k, train)))
       elif isinstance(form, ConvCandidate):
         convs.append((col, name, form))
       else:
-        per_edge = nn.vmap(_PerEdgeCandidate, variable_axes={"params": 0},
-                           split_rngs={"params": True}, in_axes=None, out_axes=3,
-                           axis_size=k)
-        terms.append((col, per_edge(name, self.C, s, self.opts, train, name=name)(x)))
+        terms.append((col, self._per_edge(name, k, train)(x)))
     terms += self._conv_candidates(relu_x, convs, k, train)
     if not terms:  # every candidate is 'none'
       return zeros()
     out = 0.0
     for col, y in terms:
-      out = out + weights[:, col, None].astype(y.dtype) * y
+      out = out + weights[:, col, None, None, None, None].astype(y.dtype) * y
     # Materialise the mixed outputs: otherwise XLA fuses this weighted sum
     # into every node sum that reads a slice of it and recomputes it there.
     return lax.optimization_barrier(out)
 
+  def _per_edge(self, name, k, train):
+    """The k copies of a candidate without a batched form, under nn.vmap."""
+    return nn.vmap(_PerEdgeCandidate, variable_axes={"params": 0},
+                   split_rngs={"params": True}, in_axes=None, out_axes=0,
+                   axis_size=k)(name, self.C, self.stride, self.opts, train, name=name)
+
   def _factorized_reduce(self, relu_x, name, k, train):
-    """k `ops.FactorizedReduce`s of one input -> (N, H/2, W/2, k, C)."""
+    """k `ops.FactorizedReduce`s of one input -> (k, N, H/2, W/2, C)."""
     if self.C % 2:
       raise ValueError(f"FactorizedReduce needs an even C_out, got {self.C}.")
     p = StackedParams(factorized_reduce_leaves(self.C), k, name=name)()
@@ -371,41 +388,55 @@ class SourceEdges(nn.Module):
     a = pointwise_shared_input(relu_x[:, ::2, ::2, :], p["Conv_0/kernel"])
     shifted = jnp.pad(relu_x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
     b = pointwise_shared_input(shifted[:, ::2, ::2, :], p["Conv_1/kernel"])
-    b = b[:, :a.shape[1], :a.shape[2]]
-    return ops.BatchNorm(False, self.opts)(jnp.concatenate([a, b], -1), train)
+    b = b[:, :, :a.shape[2], :a.shape[3]]
+    return edge_batch_norm(self.opts)(jnp.concatenate([a, b], -1), train)
 
   def _conv_candidates(self, relu_x, convs, k, train):
-    """Every sep/dil conv candidate on the k edges, one candidate at a time.
+    """Every sep/dil conv candidate on the k edges, layer by layer.
 
-    Per layer: one depthwise call for all k edges (the first on the shared
-    input), one batched 1x1 matmul and one BN. Candidates are not merged
-    into one matmul/BN: on XLA:CPU the concatenation and the transposes of a
-    wider batched matmul cost more than the calls they save.
+    Per layer the candidates still running are stacked on the edge axis, so
+    their 1x1 convolutions are one batched matmul and their BatchNorms one
+    (G = candidates x k groups): fewer, larger XLA ops. The depthwise
+    convolutions stay one call per candidate (kernel sizes and dilations
+    differ); the first reads the shared input.
 
-    Returns [(weight column, (N, Ho, Wo, k, C))].
+    Returns [(weight column, (k, N, Ho, Wo, C))].
     """
+    if not convs:
+      return []
     # Per-edge widths decide 'auto', as for MixedOp: the 'dense' form costs
     # C times a true depthwise convolution whether the edges are batched or not.
     impl = ops.resolve_depthwise(self.opts.depthwise, self.C)
-    out = []
-    for col, name, cand in convs:
-      p = StackedParams(conv_candidate_leaves(cand, self.C), k, name=name)()
-      y = relu_x
-      for layer in range(cand.layers):
-        pre = _conv_layer_prefix(cand, layer)
-        kernel = p[pre + "DepthwiseConv_0/conv/kernel"]
-        if layer == 0:  # shared input; only the first layer strides
-          y = depthwise_shared_input(y, kernel, self.stride, cand.padding, cand.dilation, impl)
+    params = [StackedParams(conv_candidate_leaves(cand, self.C), k, name=name)()
+              for _, name, cand in convs]
+    dw = lambda i, layer: params[i][_conv_layer_prefix(convs[i][2], layer) +
+                                    "DepthwiseConv_0/conv/kernel"]
+    ys = [depthwise_shared_input(relu_x, dw(i, 0), self.stride, cand.padding,
+                                 cand.dilation, impl)  # only the first layer strides
+          for i, (_, _, cand) in enumerate(convs)]
+    live, done, layer = list(range(len(convs))), {}, 0
+    while live:
+      y = jnp.concatenate([ys[i] for i in live]) if len(live) > 1 else ys[live[0]]
+      w = [params[i][_conv_layer_prefix(convs[i][2], layer) + "Conv_0/kernel"] for i in live]
+      y = pointwise_per_edge(y, jnp.concatenate(w) if len(w) > 1 else w[0])
+      y = edge_batch_norm(self.opts)(y, train)
+      nxt = []
+      for n, i in enumerate(live):
+        part = y[n * k:(n + 1) * k]
+        cand = convs[i][2]
+        if layer + 1 < cand.layers:
+          ys[i] = depthwise_per_edge(nn.relu(part), dw(i, layer + 1), 1, cand.padding,
+                                     cand.dilation, impl)
+          nxt.append(i)
         else:
-          y = depthwise_per_edge(nn.relu(y), kernel, 1, cand.padding, cand.dilation, impl)
-        y = pointwise_per_edge(y, p[pre + "Conv_0/kernel"])
-        y = ops.BatchNorm(False, self.opts)(y, train)
-      out.append((col, y))
-    return out
+          done[i] = part
+      live, layer = nxt, layer + 1
+    return [(col, done[i]) for i, (col, _, _) in enumerate(convs)]
 
 
 __all__ = [
     "ConvCandidate", "BATCHED_CANDIDATES", "batched_candidate", "SourceEdges",
     "StackedParams", "depthwise_shared_input", "depthwise_per_edge",
-    "pointwise_per_edge", "pointwise_shared_input", "stacked_torch_init",
+    "pointwise_per_edge", "pointwise_shared_input", "edge_batch_norm",
+    "per_edge_init", "stacked_torch_init",
 ]

@@ -180,7 +180,7 @@ class BatchedSearchCell(nn.Module):
                                     name=f"source_{j}")(
           states[j], weights[np.array([e for _, e in targets])], train)
       for t, (i, _) in enumerate(targets):
-        incoming[i].append(y[:, :, :, t, :])
+        incoming[i].append(y[t])
     states.append(sum(incoming[-1]))
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
 
