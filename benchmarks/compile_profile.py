@@ -52,6 +52,8 @@ VARIANTS = {
     "no_fusion_emitters": ({}, "--xla_cpu_use_fusion_emitters=false"),
     "no_xnnpack": ({}, "--xla_cpu_use_xnnpack=false"),
     "no_remat_pass": ({}, "", {"JAX_COMPILER_ENABLE_REMAT_PASS": "false"}),
+    "batch_edges+depthwise_shift": ({"batch_edges": True, "depthwise": "shift"}, ""),
+    "batch_edges+depthwise_xla": ({"batch_edges": True, "depthwise": "xla"}, ""),
     "batch_edges+llvm_cheap": ({"batch_edges": True},
                                "--xla_llvm_disable_expensive_passes=true"),
     "batch_edges+opt_level_0": ({"batch_edges": True}, "--xla_backend_optimization_level=0"),

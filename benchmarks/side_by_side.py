@@ -85,11 +85,11 @@ def run(cmd, env=None):
   return p.returncode, p.stdout
 
 
-def table(ref, ours, meta, variants=("default",)) -> str:
+def table(ref, ours, meta, variants=("default",), rows=ROWS) -> str:
   """The markdown report of one side-by-side run.
 
   `ref`: {reference kind: row}; `ours`: {(our kind, variant): row}; one line
-  per variant and kind, in `ROWS` order ('-' where a figure is missing).
+  per variant and kind of `rows` (a subset of `ROWS`), '-' where a figure is missing.
   """
   f = lambda x: "-" if x is None else (f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}")
   out = [f"Side by side, {meta['setting']} (C={meta['C']}, {meta['layers']} cells, batch "
@@ -103,7 +103,7 @@ def table(ref, ours, meta, variants=("default",)) -> str:
          "| jdarts peak MB (compile / run) |",
          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for variant in variants:
-    for kind, ref_kind, label in ROWS:
+    for kind, ref_kind, label in rows:
       r, o = ref.get(ref_kind, {}), ours.get((kind, variant), {})
       rmin, rmed = r.get("ms_min"), r.get("ms_per_step")
       omin, omed = o.get("ms_min"), o.get("ms_per_step")
@@ -144,7 +144,17 @@ def main(argv=None):
   ap.add_argument("--variants", default="default",
                   help="ours, comma-separated: 'default' (the per-edge supernet) and/or "
                        "'batch_edges' (model.batch_edges); each runs every kind")
+  ap.add_argument("--kinds", default=",".join(k for k, _, _ in ROWS),
+                  help="our kinds, comma-separated (the reference runs the kinds they map "
+                       "to); e.g. weight,arch_first_order at the paper setting, where the "
+                       "reference's second order alone takes ~45 min")
   args = ap.parse_args(argv)
+  kinds = [k for k in args.kinds.split(",") if k]
+  unknown = sorted(set(kinds) - {k for k, _, _ in ROWS})
+  if unknown:
+    raise SystemExit(f"side_by_side: error: --kinds: unknown {', '.join(unknown)}; choose "
+                     f"from {', '.join(k for k, _, _ in ROWS)}.")
+  rows = [r for r in ROWS if r[0] in kinds]
   variants = [v for v in args.variants.split(",") if v]
   for v in variants:
     if v not in VARIANT_FLAGS:
@@ -168,7 +178,8 @@ def main(argv=None):
               commit=git_commit(ROOT), load0=load())
   ref_cmd = [torch_py, args.bench, args.peer, "--configs", "small", "--runs", str(args.runs),
              "--threads", str(args.threads), "--peer-commit", args.peer_commit,
-             "--init-channels", str(C), "--layers", str(layers), "--batch-size", str(batch)]
+             "--init-channels", str(C), "--layers", str(layers), "--batch-size", str(batch),
+             "--kinds", ",".join(dict.fromkeys(rk for _, rk, _ in rows))]
   _, ref_out = run(ref_cmd)
   ref_rows = json_lines(ref_out)
   meta["load1"] = load()
@@ -177,7 +188,7 @@ def main(argv=None):
     ours_cmd = [sys.executable, os.path.join(HERE, "search_step.py"), "--isolate",
                 f"--C={C}", f"--layers={layers}", f"--batch={batch}",
                 f"--repeats={args.repeats}",
-                "--steps=" + ",".join(kind for kind, _, _ in ROWS)] + VARIANT_FLAGS[variant]
+                "--steps=" + ",".join(kind for kind, _, _ in rows)] + VARIANT_FLAGS[variant]
     _, ours_out = run(ours_cmd)
     our_rows += [dict(r, variant=variant) for r in json_lines(ours_out)]
   meta["load2"] = load()
@@ -185,14 +196,14 @@ def main(argv=None):
   meta["jax"] = next((r.get("jax") for r in our_rows if r.get("jax")), "?")
   ref = {r["kind"]: r for r in ref_rows if "kind" in r}
   ours = {(r["kind"], r["variant"]): r for r in our_rows if "kind" in r}
-  report = table(ref, ours, meta, variants)
+  report = table(ref, ours, meta, variants, rows)
   print(report, flush=True)
   if args.out:
     with open(args.out, "a") as fh:
       for r in ref_rows + our_rows:
         fh.write(json.dumps(dict(r, side_by_side=meta["date"])) + "\n")
       fh.write("\n" + report + "\n")
-  missing = [(k, v) for k, rk, _ in ROWS for v in variants
+  missing = [(k, v) for k, rk, _ in rows for v in variants
              if (k, v) not in ours or rk not in ref
              or "error" in ours[k, v] or "error" in ref[rk]]
   return 1 if missing else 0
