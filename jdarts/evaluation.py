@@ -18,6 +18,7 @@ device-parallel evaluation gives what one device gives.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import flax.struct
@@ -124,6 +125,67 @@ def evaluate(space, eval_step: Callable, params, alphas, batches, *, rng=None,
       yield s
   out = finish(accumulate(sums()), space.metric_names)
   return space.summarize(out)
+
+
+def distinct_batches(eval_batches: Dict[str, Callable[[], Any]], batch_size: int, space):
+  """[(batch, carry)]: one of each shape `evaluate` hands its step.
+
+  Peeks at the first and the last batch of each held-out set where its
+  iterable allows (`len` and `peek`, as the image pipeline's streams), else at
+  the first only; each is taken as `evaluate` passes it (`unpadded`).
+  """
+  out, seen = [], set()
+  for make in eval_batches.values():
+    it = make()
+    if hasattr(it, "peek") and hasattr(it, "__len__"):
+      picks = [it.peek(0), it.peek(len(it) - 1)] if len(it) else []
+    else:
+      picks = [b for b in [next(iter(it), None)] if b is not None]
+    for batch in picks:
+      batch, carry = unpadded(batch, space.init_carry(batch_size))
+      leaves, tree = jax.tree_util.tree_flatten((batch, carry))
+      key = (tree, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+      if key not in seen:
+        seen.add(key)
+        out.append((batch, carry))
+  return out
+
+
+class WarmUp:
+  """Compiles a jitted eval step for the held-out batch shapes in a background thread.
+
+  A search ends with a held-out evaluation that compiles one program per batch
+  shape (full batches; each set's last batch without its padding). Started
+  beside the search step's compilation, those compiles use the cores it
+  leaves idle instead of waiting until the end (quickstart: ~5 s each).
+
+  Args:
+    eval_step: the jitted `make_eval_step`, as `evaluate` will call it.
+    params, alphas: arrays placed as the final evaluation's will be (jit keeps
+      one program per argument placement too): copies of the state the
+      search starts from, since the search donates that state.
+    samples: `distinct_batches`.
+
+  `join()` before evaluating. A failure here is left for the real evaluation
+  to report (`error` keeps it).
+  """
+
+  def __init__(self, eval_step: Callable, params, alphas, samples, rng=None):
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    self.error: Optional[BaseException] = None
+
+    def run():
+      try:
+        for batch, carry in samples:
+          jax.block_until_ready(eval_step(params, alphas, batch, jax.random.fold_in(rng, 0),
+                                          carry))
+      except Exception as e:  # pylint: disable=broad-except
+        self.error = e
+    self._thread = threading.Thread(target=run, name="eval-warm-up", daemon=True)
+    self._thread.start()
+
+  def join(self) -> None:
+    self._thread.join()
 
 
 @flax.struct.dataclass

@@ -103,3 +103,30 @@ def test_parallel_eval_refuses_one_device_backend():
                              num_classes=info.num_classes)
   with pytest.raises(ValueError, match="jax.jit"):
     evaluation.ParallelEval(space, space, backend="none")
+
+
+def test_warm_up_compiles_what_the_final_evaluation_needs():
+  """`WarmUp` compiles the full- and the cut last-batch programs in a thread
+  (as a search does beside its first step); `evaluate` then compiles nothing
+  and gives the same numbers."""
+  source, info, batches = _digits_batches(32)
+  space = helpers.make_space(helpers.tiny_model(), image_shape=info.image_shape,
+                             num_classes=info.num_classes)
+  params, alphas = _weights(space, batches[0])
+  # Placed as a search's final state is: outputs of a jitted computation.
+  params, alphas = jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x + 0, t))((params, alphas))
+  sets = {"test": lambda: data.make_eval_iterator(source, info, batch_size=32)}
+  samples = evaluation.distinct_batches(sets, 32, space)
+  assert [len(b["label"]) for b, _ in samples] == [32, 9]  # the last batch cut to its rows
+  step = jax.jit(evaluation.make_eval_step(space))
+  copy = jax.jit(lambda t: jax.tree_util.tree_map(lambda x: x.copy(), t))
+  warm = evaluation.WarmUp(step, *copy((params, alphas)), samples)
+  warm.join()
+  assert warm.error is None
+  programs = step._cache_size()  # pylint: disable=protected-access
+  assert programs == 2
+  got = evaluation.evaluate(space, step, params, alphas, sets["test"](), batch_size=32)
+  assert step._cache_size() == programs  # pylint: disable=protected-access
+  want = evaluation.evaluate(space, jax.jit(evaluation.make_eval_step(space)), params, alphas,
+                             batches, batch_size=32)
+  assert got == want

@@ -364,6 +364,12 @@ class CheckpointableIterator(Iterator[Batch]):
   def __len__(self) -> int:
     return self.num_steps
 
+  def peek(self, index: int) -> Batch:
+    """Batch `index` of the stream (0 <= index < num_steps), without moving the position."""
+    if not 0 <= index < self.num_steps:
+      raise IndexError(f"batch {index} of a stream of {self.num_steps}")
+    return self._batches[index]
+
   def get_state(self) -> Dict[str, Any]:
     """Returns `{'step': n, ...}` (JSON-serialisable) for checkpointing."""
     return {"version": STATE_VERSION, "step": self.step, **self._fingerprint}
