@@ -144,7 +144,7 @@ def distinct_batches(eval_batches: Dict[str, Callable[[], Any]], batch_size: int
     for batch in picks:
       batch, carry = unpadded(batch, space.init_carry(batch_size))
       leaves, tree = jax.tree_util.tree_flatten((batch, carry))
-      key = (tree, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+      key = (tree, tuple((np.shape(x), str(getattr(x, 'dtype', type(x)))) for x in leaves))
       if key not in seen:
         seen.add(key)
         out.append((batch, carry))

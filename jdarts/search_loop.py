@@ -187,10 +187,15 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   warm = None
   if step_fn.backend == "none" and start < total:
     # The held-out evaluation's programs compile beside the search step's.
-    first = step_fn.get_state(state)
-    warm = evaluation.WarmUp(eval_step, *_copy((first.params, first.alphas)),
-                             evaluation.distinct_batches(data.eval_batches, cfg.batch_size,
-                                                         eval_space))
+    try:
+      samples = evaluation.distinct_batches(data.eval_batches, cfg.batch_size, eval_space)
+    except Exception as e:  # pylint: disable=broad-except
+      # Only a head start: the evaluation at the end reads the sets again and says what fails.
+      log.warning("held-out evaluation not compiled ahead (%s: %s)", type(e).__name__, e)
+      samples = []
+    if samples:
+      first = step_fn.get_state(state)
+      warm = evaluation.WarmUp(eval_step, *_copy((first.params, first.alphas)), samples)
   state, step, compile_seconds = r.steps(
       state, start, total, advance, items_per_step=2 * cfg.batch_size * data.items_per_row,
       steps_per_epoch=spe, rate_name=f"{data.unit}_per_sec",

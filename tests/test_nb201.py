@@ -162,7 +162,13 @@ def test_single_level_step_uses_one_batch_and_logs_grad_correlation():
   gt, gv = grad(b[0]).ravel(), grad(b[1]).ravel()
   cos = gt @ gv / np.linalg.norm(gt) / np.linalg.norm(gv)
   np.testing.assert_allclose(float(m1["grad_correlation"]), cos, rtol=1e-4, atol=1e-6)
-  # A bilevel step with the same data differs: it updates alphas on the val batch.
+
+
+@pytest.mark.slow  # the control of the test above; one more step compile (~8 s)
+def test_bilevel_step_reads_the_val_batch():
+  """Control: with the same data as above, a bilevel step's alphas follow the val batch."""
+  space, cfg, w_opt, a_opt, sched, b, state = _tiny("single_level", mixing="sigmoid",
+                                                    prims=LIGHT)
   bi = jax.jit(search.make_search_step(space, _arch(cfg, "first_order"), w_opt, a_opt,
                                        sched))
   s3, _ = bi(state, b[0], b[1])

@@ -55,7 +55,10 @@ def setup():
   return cfg, space, built, state, tb, vb, saved
 
 
-@pytest.mark.parametrize("method", ["first_order", "exact_hvp"])
+# exact_hvp against unrolled is tests/test_search.py's; this pin of the pre-refactor
+# exact_hvp step (15 s) runs with --runslow.
+@pytest.mark.parametrize("method", ["first_order",
+                                    pytest.param("exact_hvp", marks=pytest.mark.slow)])
 def test_step_equals_pre_refactor_step(setup, method):
   cfg, space, built, state, tb, vb, saved = setup
   arch = cfg.arch.copy_and_resolve_references()
