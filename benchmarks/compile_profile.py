@@ -13,6 +13,8 @@ variant, and nothing compiled before may be reused), with the step of
 * compile cost: lowering (tracing) s and XLA compile s, wall and process CPU
   seconds (all threads; the CPU seconds are what to compare on a shared machine);
 * run ms/step (min / median of `--repeats`, after a warm-up) and peak RSS;
+* `kernel_sources`: which modules the optimised program's kernels come from
+  (`kernel_sources`: e.g. BatchNorm forward / backward, the optimiser);
 * `max_rel_diff`: how far the step's result is from the baseline's, through
   layout-independent sums (sum and sum of squares of the new weights, alphas
   and optimiser states), so a variant that changes the numbers shows it.
@@ -71,6 +73,37 @@ def hlo_counts(text: str) -> dict:
   return out
 
 
+_NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant"}
+
+
+def kernel_sources(text: str, top: int = 12) -> list:
+  """[(module, 'fwd'|'bwd', count)] of the optimised module's top-level kernels.
+
+  Each instruction of the ENTRY computation that runs as a kernel (a fusion, a
+  convolution, a copy, ...) is attributed to the innermost Flax module of its
+  `op_name` metadata (e.g. 'BatchNorm'; 'top:<op>' outside any module, e.g. the
+  optimiser; '?' without metadata), and to the backward pass when the name is
+  inside a `transpose(...)`. The `top` most frequent, most first.
+  """
+  start = text.find("\nENTRY")
+  if start < 0:
+    return []
+  entry = text[start:]
+  end = entry.find("\n}\n")
+  counts: dict = {}
+  for line in (entry if end < 0 else entry[:end]).splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = \S+ ([\w\-]+)\(", line)
+    if not m or m.group(1) in _NOT_KERNELS:
+      continue
+    name = re.search(r'op_name="([^"]*)"', line)
+    name = name.group(1) if name else ""
+    mods = re.findall(r"/([A-Z]\w*?)_\d+", name)
+    mod = mods[-1] if mods else ("top:" + name.split("/")[-1] if name else "?")
+    key = (mod, "bwd" if "transpose(" in name else "fwd")
+    counts[key] = counts.get(key, 0) + 1
+  return [(m, ph, n) for (m, ph), n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+
 def fingerprint(state) -> list:
   """Layout-independent sums of the state's floating leaves (params, alphas, optimiser states)."""
   import jax
@@ -115,6 +148,7 @@ def child(args) -> dict:
   w2, c2 = time.perf_counter(), time.process_time()
   stable = hlo_counts(lowered.as_text())
   optimised = hlo_counts(compiled.as_text())
+  sources = kernel_sources(compiled.as_text())
   s = compiled(jax.tree_util.tree_map(lambda x: x.copy(), state), tb, vb)
   jax.block_until_ready(s)
   fp = fingerprint(s)
@@ -133,7 +167,7 @@ def child(args) -> dict:
           "ms_min": round(1e3 * min(times), 1),
           "ms_median": round(1e3 * statistics.median(times), 1),
           "peak_rss_mb": round(search_step.peak_rss_mb()), "fingerprint": fp,
-          "loadavg_1m": round(os.getloadavg()[0], 2)}
+          "loadavg_1m": round(os.getloadavg()[0], 2), "kernel_sources": sources}
 
 
 def flag_ok(flags: str) -> bool:

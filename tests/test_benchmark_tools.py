@@ -17,6 +17,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
+import compile_profile  # noqa: E402
+import depthwise_forms  # noqa: E402
 import gpu_summary  # noqa: E402
 import search_step  # noqa: E402
 import side_by_side  # noqa: E402
@@ -126,3 +128,40 @@ def test_gpu_suite_tiny_on_cpu(tmp_path):
       ("shard_map", "bfloat16")]
   summary = (out / "summary.md").read_text()
   assert "missing" not in summary and summary.count("\n| ") >= 10
+
+
+def test_depthwise_forms_compute_the_depthwise_convolution():
+  """Every form the benchmark times is a depthwise convolution: against a direct
+  per-channel sum of shifted products (numpy), both kernels of the DARTS cell."""
+  rng = np.random.RandomState(0)
+  x = rng.randn(2, 6, 6, 8).astype(np.float32)
+  for k, pad, dil in ((5, 2, 1), (3, 2, 2)):
+    w = rng.randn(k, k, 1, 8).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    want = sum(xp[:, i * dil:i * dil + 6, j * dil:j * dil + 6, :] * w[i, j, 0]
+               for i in range(k) for j in range(k))
+    for name in ("dense", "xla", "shift", "blocks4", "grouped4"):
+      got = depthwise_forms.form_fn(name, pad, dil, 8)(jnp.asarray(x), jnp.asarray(w))
+      np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4, err_msg=name)
+  assert depthwise_forms.form_fn("blocks8", 2, 1, 8) is None  # one block: dense itself
+
+
+def test_compile_profile_attributes_kernels_to_modules():
+  hlo = """HloModule m
+
+%fused (p: f32[2]) -> f32[2] {
+  %p = f32[2]{0} parameter(0)
+  ROOT %n = f32[2]{0} negate(%p), metadata={op_name="jit(f)/jvp(Net)/cell_0/BatchNorm_3/sub"}
+}
+
+ENTRY %main (a: f32[2]) -> f32[2] {
+  %a = f32[2]{0} parameter(0)
+  %f1 = f32[2]{0} fusion(%a), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/jvp(Net)/cell_0/BatchNorm_3/sub"}
+  %f2 = f32[2]{0} fusion(%f1), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/transpose(jvp(Net))/cell_1/MixedOp_2/BatchNorm_0/mul"}
+  %f3 = f32[2]{0} fusion(%f2), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/transpose(jvp(Net))/cell_1/BatchNorm_1/add"}
+  %b = f32[2]{0} bitcast(%f3)
+  ROOT %f4 = f32[2]{0} fusion(%b), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/add"}
+}
+"""
+  assert compile_profile.kernel_sources(hlo) == [
+      ("BatchNorm", "bwd", 2), ("BatchNorm", "fwd", 1), ("top:add", "fwd", 1)]
