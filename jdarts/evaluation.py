@@ -170,15 +170,14 @@ class WarmUp:
   to report (`error` keeps it).
   """
 
-  def __init__(self, eval_step: Callable, params, alphas, samples, rng=None):
-    rng = jax.random.PRNGKey(0) if rng is None else rng
+  def __init__(self, eval_step: Callable, params, alphas, samples):
     self.error: Optional[BaseException] = None
+    key = jax.random.fold_in(jax.random.PRNGKey(0), 0)  # as `evaluate`'s default key
 
     def run():
       try:
         for batch, carry in samples:
-          jax.block_until_ready(eval_step(params, alphas, batch, jax.random.fold_in(rng, 0),
-                                          carry))
+          jax.block_until_ready(eval_step(params, alphas, batch, key, carry))
       except Exception as e:  # pylint: disable=broad-except
         self.error = e
     self._thread = threading.Thread(target=run, name="eval-warm-up", daemon=True)

@@ -328,41 +328,48 @@ class SourceEdges(nn.Module):
     """
     k, s = weights.shape[0], self.stride
     x = x.astype(self.opts.dtype)
-    zeros = lambda: jnp.zeros((k,) + x[:, ::s, ::s].shape[:3] + (self.C,), x.dtype)
-    if self.is_initializing() and not self.opts.track_running_stats:
-      # `init` needs the parameters, not the outputs: computing the edges
-      # eagerly compiles one small XLA program per distinct op shape (~500 at
-      # the quickstart's size, ~25 s on CPU). Same parameters (same paths,
-      # same keys), zero outputs of the right shape.
-      for name in self.primitives:
-        form = batched_candidate(name)
-        if form == "skip" and s != 1:
-          StackedParams(factorized_reduce_leaves(self.C), k, name=name)()
-        elif form is None and name != "none":
-          self._per_edge(name, k, train)(x)
-      for name in self.primitives:
-        form = batched_candidate(name)
-        if isinstance(form, ConvCandidate):
-          StackedParams(conv_candidate_leaves(form, self.C), k, name=name)()
-      return zeros()
-    relu_x = nn.relu(x)  # every parametric candidate starts with it: once
-    terms = []  # (weight column, (k or 1, N, Ho, Wo, C) output)
-    convs = []  # (weight column, name, ConvCandidate), run after the loop
+    # One pass over the candidates creates every parameter (same paths and keys
+    # whether or not the edges are computed next).
+    plan = []   # (weight column, form, stacked params | per-edge module | None)
+    convs = []  # (weight column, ConvCandidate, stacked params), run together
     for col, name in enumerate(self.primitives):
       if name == "none":  # contributes exactly zero
         continue
       form = batched_candidate(name)
+      if isinstance(form, ConvCandidate):
+        convs.append((col, form,
+                      StackedParams(conv_candidate_leaves(form, self.C), k, name=name)()))
+      elif form == "skip" and s != 1:
+        if self.C % 2:
+          raise ValueError(f"FactorizedReduce needs an even C_out, got {self.C}.")
+        plan.append((col, "reduce",
+                     StackedParams(factorized_reduce_leaves(self.C), k, name=name)()))
+      elif form is None:
+        plan.append((col, "per_edge", self._per_edge(name, k, train)))
+      else:
+        plan.append((col, form, None))
+    zeros = lambda: jnp.zeros((k,) + x[:, ::s, ::s].shape[:3] + (self.C,), x.dtype)
+    if self.is_initializing() and not self.opts.track_running_stats:
+      # `init` needs the parameters, not the outputs: computing the edges
+      # eagerly compiles one small XLA program per distinct op shape (~500 at
+      # the quickstart's size, ~25 s on CPU). Per-edge modules create their
+      # parameters when called.
+      for _, form, module in plan:
+        if form == "per_edge":
+          module(x)
+      return zeros()
+    relu_x = nn.relu(x)  # every parametric candidate starts with it: once
+    terms = []  # (weight column, (k or 1, N, Ho, Wo, C) output)
+    for col, form, p in plan:
       if form in ("max", "avg"):
         y = ops.Pool(form, s)(x)
         terms.append((col, ops.BatchNorm(False, self.opts)(y, train)[None]))
-      elif form == "skip" and s == 1:
-        terms.append((col, x[None]))
       elif form == "skip":
-        terms.append((col, self._factorized_reduce(relu_x, name, k, train)))
-      elif isinstance(form, ConvCandidate):
-        convs.append((col, name, form))
+        terms.append((col, x[None]))
+      elif form == "reduce":
+        terms.append((col, self._factorized_reduce(relu_x, p, train)))
       else:
-        terms.append((col, self._per_edge(name, k, train)(x)))
+        terms.append((col, p(x)))
     terms += self._conv_candidates(relu_x, convs, k, train)
     if not terms:  # every candidate is 'none'
       return zeros()
@@ -379,11 +386,8 @@ class SourceEdges(nn.Module):
                    split_rngs={"params": True}, in_axes=None, out_axes=0,
                    axis_size=k)(name, self.C, self.stride, self.opts, train, name=name)
 
-  def _factorized_reduce(self, relu_x, name, k, train):
-    """k `ops.FactorizedReduce`s of one input -> (k, N, H/2, W/2, C)."""
-    if self.C % 2:
-      raise ValueError(f"FactorizedReduce needs an even C_out, got {self.C}.")
-    p = StackedParams(factorized_reduce_leaves(self.C), k, name=name)()
+  def _factorized_reduce(self, relu_x, p, train):
+    """k `ops.FactorizedReduce`s of one input (stacked params `p`) -> (k, N, H/2, W/2, C)."""
     # A 1x1 stride-2 conv without padding reads every other pixel.
     a = pointwise_shared_input(relu_x[:, ::2, ::2, :], p["Conv_0/kernel"])
     shifted = jnp.pad(relu_x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
@@ -400,6 +404,9 @@ class SourceEdges(nn.Module):
     convolutions stay one call per candidate (kernel sizes and dilations
     differ); the first reads the shared input.
 
+    Args:
+      convs: [(weight column, ConvCandidate, its stacked params)].
+
     Returns [(weight column, (k, N, Ho, Wo, C))].
     """
     if not convs:
@@ -407,23 +414,21 @@ class SourceEdges(nn.Module):
     # Per-edge widths decide 'auto', as for MixedOp: the 'dense' form costs
     # C times a true depthwise convolution whether the edges are batched or not.
     impl = ops.resolve_depthwise(self.opts.depthwise, self.C)
-    params = [StackedParams(conv_candidate_leaves(cand, self.C), k, name=name)()
-              for _, name, cand in convs]
-    dw = lambda i, layer: params[i][_conv_layer_prefix(convs[i][2], layer) +
-                                    "DepthwiseConv_0/conv/kernel"]
+    leaf = lambda i, layer, path: convs[i][2][_conv_layer_prefix(convs[i][1], layer) + path]
+    dw = lambda i, layer: leaf(i, layer, "DepthwiseConv_0/conv/kernel")
     ys = [depthwise_shared_input(relu_x, dw(i, 0), self.stride, cand.padding,
                                  cand.dilation, impl)  # only the first layer strides
-          for i, (_, _, cand) in enumerate(convs)]
+          for i, (_, cand, _) in enumerate(convs)]
     live, done, layer = list(range(len(convs))), {}, 0
     while live:
       y = jnp.concatenate([ys[i] for i in live]) if len(live) > 1 else ys[live[0]]
-      w = [params[i][_conv_layer_prefix(convs[i][2], layer) + "Conv_0/kernel"] for i in live]
+      w = [leaf(i, layer, "Conv_0/kernel") for i in live]
       y = pointwise_per_edge(y, jnp.concatenate(w) if len(w) > 1 else w[0])
       y = edge_batch_norm(self.opts)(y, train)
       nxt = []
       for n, i in enumerate(live):
         part = y[n * k:(n + 1) * k]
-        cand = convs[i][2]
+        cand = convs[i][1]
         if layer + 1 < cand.layers:
           ys[i] = depthwise_per_edge(nn.relu(part), dw(i, layer + 1), 1, cand.padding,
                                      cand.dilation, impl)
