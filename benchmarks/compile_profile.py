@@ -76,6 +76,18 @@ def hlo_counts(text: str) -> dict:
 _NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant"}
 
 
+def source_of(op_name: str):
+  """(module, 'fwd'|'bwd') of an instruction's `op_name` metadata.
+
+  The module is the innermost Flax module of the name (e.g. 'BatchNorm' for
+  '.../cell_0/BatchNorm_3/sub'), 'top:<op>' outside any module (e.g. the
+  optimiser), '?' without metadata; the phase is 'bwd' inside a `transpose(...)`.
+  """
+  mods = re.findall(r"/([A-Z]\w*?)_\d+", op_name)
+  mod = mods[-1] if mods else ("top:" + op_name.split("/")[-1] if op_name else "?")
+  return mod, "bwd" if "transpose(" in op_name else "fwd"
+
+
 def kernel_sources(text: str, top: int = 12) -> list:
   """[(module, 'fwd'|'bwd', count)] of the optimised module's top-level kernels.
 
@@ -96,10 +108,7 @@ def kernel_sources(text: str, top: int = 12) -> list:
     if not m or m.group(1) in _NOT_KERNELS:
       continue
     name = re.search(r'op_name="([^"]*)"', line)
-    name = name.group(1) if name else ""
-    mods = re.findall(r"/([A-Z]\w*?)_\d+", name)
-    mod = mods[-1] if mods else ("top:" + name.split("/")[-1] if name else "?")
-    key = (mod, "bwd" if "transpose(" in name else "fwd")
+    key = source_of(name.group(1) if name else "")
     counts[key] = counts.get(key, 0) + 1
   return [(m, ph, n) for (m, ph), n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
 

@@ -240,6 +240,7 @@ def run_isolated(args, kinds):
            f"--primitives={args.primitives}", f"--dtype={args.dtype}",
            f"--warmup={args.warmup}", f"--out={args.out}"]
   flags += ["--batch_edges"] if args.batch_edges else []
+  flags += ["--remat"] if args.remat else []
   rc = 0
   for kind in kinds:
     p = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, f"--steps={kind}"])
@@ -255,6 +256,8 @@ def main(argv=None):
   ap.add_argument("--batch_edges", action="store_true",
                   help="compute cell edges per source state (model.batch_edges)")
   ap.add_argument("--dtype", default="float32", help="model.dtype (compute dtype)")
+  ap.add_argument("--remat", action="store_true",
+                  help="recompute each cell in the backward pass (model.remat)")
   ap.add_argument("--steps", default="weight,arch_first_order,fused_first_order")
   ap.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
   ap.add_argument("--isolate", action="store_true",
@@ -272,7 +275,7 @@ def main(argv=None):
 
   space, cfg, w_opt, a_opt, sched, state, tb, vb = build(
       args.C, args.layers, args.batch, args.depthwise, args.primitives, args.batch_edges,
-      dtype=args.dtype)
+      dtype=args.dtype, remat=args.remat)
   fns = step_fns(space, cfg, w_opt, a_opt, sched)
   for name in kinds:
     load0 = os.getloadavg()[0]
@@ -284,7 +287,7 @@ def main(argv=None):
            "init_channels": args.C, "layers": args.layers, "batch_size": args.batch,
            **cost, "images_per_s": round(images * 1e3 / cost["ms_per_step"], 2),
            "depthwise": args.depthwise, "primitives": args.primitives or "all",
-           "batch_edges": args.batch_edges, "dtype": args.dtype,
+           "batch_edges": args.batch_edges, "remat": args.remat, "dtype": args.dtype,
            "virtual_step": cfg.arch.get("virtual_step", "reference"),
            "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
            "jax": jax.__version__, "loadavg_1m": [round(load0, 2),

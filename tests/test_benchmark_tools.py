@@ -165,3 +165,62 @@ ENTRY %main (a: f32[2]) -> f32[2] {
 """
   assert compile_profile.kernel_sources(hlo) == [
       ("BatchNorm", "bwd", 2), ("BatchNorm", "fwd", 1), ("top:add", "fwd", 1)]
+
+
+def test_step_profile_attributes_run_time_to_modules(tmp_path):
+  import glob
+
+  import flax.linen as nn
+
+  import step_profile
+
+  class Probe(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      y = nn.Conv(8, (3, 3), name="Conv_0")(x)
+      return jnp.mean(jnp.tanh(y) ** 2)
+
+  x = jnp.asarray(np.random.RandomState(0).randn(4, 16, 16, 3), jnp.float32)
+  params = Probe().init(jax.random.PRNGKey(0), x)
+  compiled = jax.jit(jax.grad(lambda p, x: Probe().apply(p, x))).lower(params, x).compile()
+  jax.block_until_ready(compiled(params, x))
+  with jax.profiler.trace(str(tmp_path)):
+    for _ in range(2):
+      out = compiled(params, x)
+    jax.block_until_ready(out)
+  path = glob.glob(str(tmp_path / "**" / "*.xplane.pb"), recursive=True)[0]
+  times = step_profile.kernel_times(path)
+  sources = step_profile.instruction_sources(compiled.as_text())
+  # Every kernel the runtime ran is an instruction of this program.
+  assert times and set(times) <= set(sources), set(times) - set(sources)
+  rows = step_profile.aggregate(times, sources, steps=2)
+  assert {("Conv", "fwd"), ("Conv", "bwd")} <= {(r["module"], r["pass"]) for r in rows}
+  total_ns = sum(ns for ns, _ in times.values())
+  assert sum(r["ms"] for r in rows) == pytest.approx(total_ns / 2e6, rel=1e-2, abs=0.05)
+  assert sum(r["count"] for r in rows) == pytest.approx(sum(n for _, n in times.values()) / 2,
+                                                         abs=len(rows))
+  assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+
+
+def test_step_profile_gives_unnamed_copies_their_operands_source():
+  import step_profile
+
+  hlo = """HloModule m
+
+ENTRY %main (a: f32[2]) -> (f32[2], f32[2]) {
+  %a = f32[2]{0} parameter(0)
+  %f2 = f32[2]{0} fusion(%a), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/transpose(jvp(Net))/cell_1/MixedOp_2/mul"}
+  %transpose_copy_fusion.3 = f32[2]{0} fusion(%f2), kind=kLoop, calls=%fused2
+  %orphan = f32[2]{0} copy(%a)
+  ROOT %t = (f32[2]{0}, f32[2]{0}) tuple(%transpose_copy_fusion.3, %orphan)
+}
+"""
+  sources = step_profile.instruction_sources(hlo)
+  assert sources["f2"] == ("MixedOp", "bwd")
+  assert sources["transpose_copy_fusion.3"] == ("<-MixedOp", "bwd")
+  assert sources["orphan"] == ("?", "fwd")
+  rows = step_profile.aggregate({"f2": [3e6, 1], "transpose_copy_fusion.3": [1e6, 1],
+                                 "orphan": [2e6, 1]}, sources)
+  assert [(r["kind"], r["module"], r["ms"]) for r in rows] == [
+      ("f2", "MixedOp", 3.0), ("orphan", "?", 2.0), ("transpose_copy_fusion", "<-MixedOp", 1.0)]
+  assert step_profile.by_module(rows) == [("MixedOp", 4.0), ("?", 2.0)]
