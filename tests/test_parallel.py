@@ -50,10 +50,11 @@ def single():
 
 
 # One device through each wrapper (the search itself calls the step directly
-# there), and shard_map on 2 (8 devices stay), are checked with --runslow only,
-# to keep the default suite short.
+# there), and both wrappers on 2 devices (8 devices stay), are checked with
+# --runslow only, to keep the default suite short.
 @pytest.mark.parametrize("backend,n", [
-    pytest.param("pmap", 1, marks=pytest.mark.slow), ("pmap", 2), ("pmap", 8),
+    pytest.param("pmap", 1, marks=pytest.mark.slow),
+    pytest.param("pmap", 2, marks=pytest.mark.slow), ("pmap", 8),
     pytest.param("shard_map", 1, marks=pytest.mark.slow),
     pytest.param("shard_map", 2, marks=pytest.mark.slow), ("shard_map", 8)])
 def test_parallel_step_equals_single_device(single, backend, n):
