@@ -98,6 +98,11 @@ def unpadded(batch, carry):
   return jax.tree_util.tree_map(cut, batch), jax.tree_util.tree_map(cut, carry)
 
 
+def _batch_key(rng, i: int):
+  """The loss key `evaluate` hands its step for batch i (rng None: key 0)."""
+  return jax.random.fold_in(jax.random.PRNGKey(0) if rng is None else rng, i)
+
+
 def evaluate(space, eval_step: Callable, params, alphas, batches, *, rng=None,
              batch_size: int = 0) -> Dict[str, float]:
   """Runs a jitted `make_eval_step` over `batches`, threading the space's carry.
@@ -114,14 +119,13 @@ def evaluate(space, eval_step: Callable, params, alphas, batches, *, rng=None,
   Returns:
     `space.summarize` of {'loss', metric means, 'count'}.
   """
-  rng = jax.random.PRNGKey(0) if rng is None else rng
   carry = space.init_carry(batch_size)
 
   def sums():
     nonlocal carry
     for i, batch in enumerate(batches):
       batch, carry = unpadded(batch, carry)
-      s, carry = eval_step(params, alphas, batch, jax.random.fold_in(rng, i), carry)
+      s, carry = eval_step(params, alphas, batch, _batch_key(rng, i), carry)
       yield s
   out = finish(accumulate(sums()), space.metric_names)
   return space.summarize(out)
@@ -172,7 +176,7 @@ class WarmUp:
 
   def __init__(self, eval_step: Callable, params, alphas, samples):
     self.error: Optional[BaseException] = None
-    key = jax.random.fold_in(jax.random.PRNGKey(0), 0)  # as `evaluate`'s default key
+    key = _batch_key(None, 0)  # a key as `evaluate` passes one: same program
 
     def run():
       try:
