@@ -31,13 +31,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jdarts import ops  # noqa: E402
+from jdarts.spaces.darts_cnn import batched_edges  # noqa: E402
 
 
 def _conv(x, w, pad, dil, groups=1):
-  return jax.lax.conv_general_dilated(x, w, (1, 1), ((pad, pad), (pad, pad)),
-                                      rhs_dilation=(dil, dil),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      feature_group_count=groups)
+  """Stride-1 NHWC/HWIO convolution, as the batched-edge cell calls XLA."""
+  return batched_edges._conv(x, w, 1, pad, dil, groups)  # pylint: disable=protected-access
 
 
 def blocks(x, w, pad, dil, g):

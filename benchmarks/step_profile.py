@@ -118,7 +118,7 @@ def by_module(rows: list) -> list:
   """[(module with '<-' folded in, ms)] summed over kinds and passes, most first."""
   acc: dict = collections.Counter()
   for r in rows:
-    module = r["module"].lstrip("<-")
+    module = r["module"].removeprefix("<-")
     # Copies of single parameters (the optimiser's inputs) are named after them.
     acc["top:parameter copies" if module.startswith("top:state.") else module] += r["ms"]
   return [(m, round(v, 1)) for m, v in acc.most_common()]
