@@ -21,7 +21,10 @@ run `--repeats` times on random 32x32x3 inputs:
 Memory is measured apart for compiling and for running: the process's peak
 RSS (VmHWM, reset through /proc/self/clear_refs before each phase, Linux) after
 compiling and after the runs, XLA's own account of the program (temp +
-arguments + outputs), and on GPU/TPU the device's `peak_bytes_in_use`. With
+arguments + outputs), and on GPU/TPU the device's `peak_bytes_in_use`. Between
+the two the compiler's freed memory is handed back to the operating system
+(`jdarts.host_memory.release`, as the run loops do after their first step;
+`--keep_freed` skips it), so the run's peak counts what the running holds. With
 `--isolate` every kind runs in its own fresh process, so a kind's peaks do not
 include the programs compiled before it (the reference's benchmark does the same).
 
@@ -48,7 +51,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-from jdarts import config_lib, data, hypergrad, optim, schedules, search, spaces  # noqa: E402
+from jdarts import config_lib, data, host_memory, hypergrad, optim, schedules, search, spaces  # noqa: E402
 
 # Our kind -> the kind of bench_torch_darts.py it is timed against.
 REF_KIND = {"weight": "weight", "arch_first_order": "arch_first",
@@ -184,8 +187,14 @@ def step_fns(space, cfg, w_opt, a_opt, sched):
   return fns
 
 
-def measure(fn, state, tb, vb, repeats: int, warmup: int = 1) -> dict:
-  """Compiles `fn` (state donated), warms up, times `repeats` calls; the cost fields of a row."""
+def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = True) -> dict:
+  """Compiles `fn` (state donated), warms up, times `repeats` calls; the cost fields of a row.
+
+  With `release` the compiler's freed memory is handed back to the operating
+  system before running (`jdarts.host_memory.release`), as the run loops do
+  after their first step; `rss_after_compile_mb` is the resident memory before
+  that, `rss_before_run_mb` after it.
+  """
   jitted = jax.jit(fn, donate_argnums=0)
   rss0 = _proc_status_mb("VmRSS")
   resettable = reset_peak_rss()
@@ -206,6 +215,8 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1) -> dict:
     pass
   # Donation consumes the state: run on a copy so the caller's stays valid.
   s = jax.tree_util.tree_map(jnp.copy, state)
+  rss_compiled = _proc_status_mb("VmRSS")
+  released = release and host_memory.release()
   rss1 = _proc_status_mb("VmRSS")
   reset_peak_rss()
   for _ in range(warmup):
@@ -226,6 +237,7 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1) -> dict:
           "lower_s": rnd(t1 - t0, 2), "lower_cpu_s": rnd(c1 - c0, 2),
           "compile_s": rnd(t2 - t1, 2), "compile_cpu_s": rnd(c2 - c1, 2),
           "rss_before_compile_mb": rnd(rss0), "compile_peak_rss_mb": rnd(compile_peak),
+          "rss_after_compile_mb": rnd(rss_compiled), "released": released,
           "rss_before_run_mb": rnd(rss1), "run_peak_rss_mb": rnd(run_peak),
           "run_extra_rss_mb": rnd(None if rss1 is None else run_peak - rss1),
           "peak_rss_mb": rnd(max(compile_peak, run_peak)), "peak_reset": resettable,
@@ -241,6 +253,7 @@ def run_isolated(args, kinds):
            f"--warmup={args.warmup}", f"--out={args.out}"]
   flags += ["--batch_edges"] if args.batch_edges else []
   flags += ["--remat"] if args.remat else []
+  flags += ["--keep_freed"] if args.keep_freed else []
   rc = 0
   for kind in kinds:
     p = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, f"--steps={kind}"])
@@ -262,6 +275,9 @@ def main(argv=None):
   ap.add_argument("--warmup", type=int, default=1, help="untimed calls after compiling")
   ap.add_argument("--isolate", action="store_true",
                   help="each kind in its own process (memory per kind)")
+  ap.add_argument("--keep_freed", action="store_true",
+                  help="run without first handing the compiler's freed memory back "
+                       "(jdarts.host_memory.release; the run loops do hand it back)")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
   kinds = [k for k in args.steps.split(",") if k]
@@ -279,7 +295,8 @@ def main(argv=None):
   fns = step_fns(space, cfg, w_opt, a_opt, sched)
   for name in kinds:
     load0 = os.getloadavg()[0]
-    cost = measure(fns[name], state, tb, vb, args.repeats, args.warmup)
+    cost = measure(fns[name], state, tb, vb, args.repeats, args.warmup,
+                   release=not args.keep_freed)
     # One step of the bilevel search consumes a train and a val batch; the
     # weight-only and arch-only steps consume one.
     images = 2 * args.batch if name == "fused_first_order" else args.batch

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdarts import host_memory
 from jdarts import parallel
 
 
@@ -184,6 +185,7 @@ class WarmUp:
           jax.block_until_ready(eval_step(params, alphas, batch, key, carry))
       except Exception as e:  # pylint: disable=broad-except
         self.error = e
+      host_memory.release()  # its compiles' garbage, as `Run.steps` does the step's
     self._thread = threading.Thread(target=run, name="eval-warm-up", daemon=True)
     self._thread.start()
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from jdarts import checkpoint as ckpt_lib
 from jdarts import event_writer
+from jdarts import host_memory
 from jdarts import parallel
 from jdarts.progress import LineProgress, progress_bar  # noqa: F401 (re-exported)
 from jdarts.config_lib import ConfigError
@@ -456,6 +457,11 @@ class Run:
           jax.block_until_ready(metrics)
           compile_s = time.time() - t0
           log.info("first step (compilation included) took %.1f s", compile_s)
+          # The compiler's freed memory would otherwise stay resident all run.
+          before = host_memory.resident_mb()
+          if host_memory.release() and before is not None:
+            log.info("host memory %.0f MB -> %.0f MB after handing the compiler's "
+                     "freed memory back", before, host_memory.resident_mb())
           t_window, items = time.time(), 0
         else:
           items += items_per_step
