@@ -140,7 +140,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   total = r.total_steps(spe)
   tx = optim.weight_optimizer(cfg.optim, schedules.make_schedule(cfg.optim, cfg.epochs, spe))
   params = net.init(jax.random.PRNGKey(cfg.seed))
-  avg = jax.tree_util.tree_map(jnp.copy, params)  # its own buffers: the step donates both
+  avg = runs.copy_tree(params)  # its own buffers: the step donates both
   state = LMState(params, tx.init(params), net.init_carry(b), avg, jnp.zeros((), jnp.int32),
                   jnp.zeros((), jnp.int32), jax.random.PRNGKey(cfg.seed + 1))
   loop = {"pos": 0, "asgd": False, "history": [], "best": None, "last_eval": {}}

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jdarts import checkpoint as ckpt_lib
@@ -48,6 +49,11 @@ class Preempted(Exception):
   def __init__(self, msg: str, signum: Optional[int]):
     super().__init__(msg)
     self.signum = signum
+
+
+# One program copies the whole tree (an eager tree_map(jnp.copy) compiles one per
+# leaf shape): for a copy the step may donate while the original stays in use.
+copy_tree = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
 
 
 def _need(ok: bool, msg: str) -> None:

@@ -44,7 +44,6 @@ import time
 from typing import Any, Dict
 
 import jax
-import jax.numpy as jnp
 
 from jdarts import arch_stats
 from jdarts import collapse
@@ -58,10 +57,6 @@ from jdarts import search as search_lib
 from jdarts import seeds_loop
 
 log = logging.getLogger("jdarts")
-
-
-# One program copies the whole tree (an eager copy would compile one per leaf shape).
-_copy = jax.jit(lambda tree: jax.tree_util.tree_map(jnp.copy, tree))
 
 
 def _fmt(v: float) -> str:
@@ -195,7 +190,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       samples = []
     if samples:
       first = step_fn.get_state(state)
-      warm = evaluation.WarmUp(eval_step, *_copy((first.params, first.alphas)), samples)
+      warm = evaluation.WarmUp(eval_step, *runs.copy_tree((first.params, first.alphas)), samples)
   state, step, compile_seconds = r.steps(
       state, start, total, advance, items_per_step=2 * cfg.batch_size * data.items_per_row,
       steps_per_epoch=spe, rate_name=f"{data.unit}_per_sec",

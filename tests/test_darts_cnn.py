@@ -407,3 +407,43 @@ def test_user_registered_op_metadata_used_by_mixed_op(scratch_ops, search_bn):
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="already registered"):
     primitives.OPS.register("max_pool_5x5", _max_pool_5x5)
+
+
+def test_remat_warns_once_on_cpu(caplog, monkeypatch):
+  # XLA:CPU undoes the recomputation (benchmarks/RESULTS.md, issue 17): say so.
+  from jdarts.spaces.darts_cnn import space as space_mod
+  monkeypatch.setattr(space_mod, "_warned_remat", [])
+  info = helpers.image_info()
+  with caplog.at_level("WARNING", logger="jdarts"):
+    spaces.get_space("darts_cnn", helpers.tiny_model(), info)
+    assert not [r for r in caplog.records if "model.remat" in r.getMessage()]
+    for _ in range(2):  # a run builds its space more than once: one warning
+      spaces.get_space("darts_cnn", helpers.tiny_model(remat=True), info)
+  warned = [r.getMessage() for r in caplog.records if "model.remat" in r.getMessage()]
+  assert len(warned) == (1 if jax.default_backend() == "cpu" else 0), warned
+  if warned:
+    assert "XLA:CPU" in warned[0] and "batch_edges" in warned[0]
+
+
+@pytest.mark.slow
+def test_remat_is_the_same_function():
+  # model.remat only changes what the backward pass stores: the loss and every
+  # gradient must equal the plain network's.
+  info = helpers.image_info()
+  plain = spaces.get_space("darts_cnn", helpers.tiny_model(), info)
+  remat = spaces.get_space("darts_cnn", helpers.tiny_model(remat=True), info)
+  rng = np.random.RandomState(0)
+  batch = {"image": jnp.asarray(rng.randn(4, 8, 8, 3), jnp.float32),
+           "label": jnp.asarray(rng.randint(0, 10, 4), jnp.int32)}
+  params = plain.init(jax.random.PRNGKey(0), batch)
+  alphas = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.randn(*a.shape), a.dtype),
+                                  plain.init_alphas(jax.random.PRNGKey(1)))
+
+  def value_and_grads(space):
+    loss = lambda p, a: space.loss(p, a, batch, None, None)[0]
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, alphas)
+  (l0, g0), (l1, g1) = value_and_grads(plain), value_and_grads(remat)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(g0[1]))

@@ -12,7 +12,8 @@ the paper's values as defaults (sec. 2.1, A.1.1):
   at -ln(|O| - 1)), alpha_init_scale (std of the initial alphas' noise;
   0: none),
   depthwise (`jdarts.ops.DEPTHWISE_IMPLS`), dtype ('float32' | 'bfloat16' |
-  'float64'), remat (recompute cells in the backward pass), batch_edges
+  'float64'), remat (recompute cells in the backward pass; on XLA:CPU this
+  saves no memory, see `_REMAT_ON_CPU`), batch_edges
   (compute edges per source state, `cells.BatchedSearchCell`; params in the
   `network.to_batched_params` layout), init ('pytorch', modern PyTorch's
   default initialisation, or 'pytorch0.3', that of the PyTorch quark0/darts
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import numbers
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -42,6 +44,19 @@ from jdarts.spaces.darts_cnn import derive as derive_lib
 from jdarts.spaces.darts_cnn import primitives as primitives_lib
 from jdarts.spaces.darts_cnn.cells import num_edges
 from jdarts.spaces.darts_cnn.network import Network
+
+log = logging.getLogger("jdarts")
+
+# Measured with JAX 0.10.2 (benchmarks/RESULTS.md, issue 17, session 8): XLA:CPU
+# expands `jax.checkpoint`'s optimisation barriers and then CSE merges the
+# recomputation back into the forward pass, so the compiled program equals the
+# one without remat (weight step, C=8, 5 cells, batch 64: 1,961 vs 1,957 MB of
+# temporaries; the exact-HVP step 6,342 vs 5,674 MB, more with remat).
+_REMAT_ON_CPU = ("model.remat=True saves no memory on XLA:CPU: its compiler merges the "
+                 "recomputed cells back into the forward pass (the program's temporaries "
+                 "are the same or larger, and it compiles longer). It is meant for "
+                 "GPU/TPU; on CPU, lower the batch size or use model.batch_edges instead.")
+_warned_remat = []
 
 PRIMITIVES = primitives_lib.PRIMITIVES
 DTYPES = ("float32", "bfloat16", "float64")
@@ -174,10 +189,14 @@ class DartsCNNSpace(SpaceBase):
     opts = ops.OpOptions(depthwise=get("depthwise", "auto"), bn_axis_name=bn_axis_name,
                          dtype=jnp.dtype(get("dtype", "float32")), init=get("init", "pytorch"))
     steps, multiplier = get("steps", 4), get("multiplier", 4)
+    remat = bool(get("remat", False))
+    if remat and jax.default_backend() == "cpu" and not _warned_remat:
+      _warned_remat.append(True)  # once per process: a run builds the space two or three times
+      log.warning(_REMAT_ON_CPU)
     net = Network(C=get("init_channels", 16), num_classes=int(info.num_classes),
                   layers=get("layers", 8), steps=steps, multiplier=multiplier,
                   stem_multiplier=get("stem_multiplier", 3), primitives=primitives,
-                  mixing=get("mixing", "softmax"), remat=bool(get("remat", False)),
+                  mixing=get("mixing", "softmax"), remat=remat,
                   opts=opts, batch_edges=bool(get("batch_edges", False)),
                   op_registry=cls.op_registry)
     return cls(net, steps, multiplier, primitives, float(get("alpha_init_scale", 0.0)),
