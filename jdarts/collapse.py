@@ -197,3 +197,28 @@ class Monitor:
   def kept(self) -> Tuple[int, object]:
     """(step, alphas) DARTS-ES keeps: the measurement `window` before the last."""
     return self.measured[self.stop_rule.keep_index]
+
+  def state_dict(self) -> dict:
+    """What a resumed run needs to decide as this one would: JSON-serialisable.
+
+    With DARTS-ES on: the eigenvalues it has seen and the (step, alphas) of
+    every measurement (the genotype it keeps is one of them), alphas as their
+    leaves' nested lists (float32 round-trips exactly through JSON); without
+    it, nothing.
+    """
+    if self.stop_rule is None:  # measurements only: nothing decides on them later
+      return {}
+    return {"values": list(self.stop_rule.values),
+            "measured": [[step, [np.asarray(x).tolist() for x in
+                                 jax.tree_util.tree_leaves(alphas)]]
+                         for step, alphas in self.measured]}
+
+  def load_state_dict(self, d: dict, alphas_like) -> None:
+    """Restores `state_dict()`; `alphas_like`: an alphas tree of the run (structure, dtypes)."""
+    leaves, treedef = jax.tree_util.tree_flatten(alphas_like)
+    self.measured = [
+        (int(step), jax.tree_util.tree_unflatten(
+            treedef, [np.asarray(v, np.asarray(like).dtype) for v, like in zip(vals, leaves)]))
+        for step, vals in d.get("measured", [])]
+    if self.stop_rule is not None and d.get("values") is not None:
+      self.stop_rule.values = [float(v) for v in d["values"]]

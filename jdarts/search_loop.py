@@ -100,10 +100,11 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   # Host (numpy) values: one copy, written by the primary process; device
   # arrays local to each process cannot be saved under multi-host.
   restored = r.open_checkpoints(spe, jax.device_get(state))
+  restored_extra = {}
   if restored is not None:
-    state, extra, _ = restored
-    data.train.set_state(extra["train_iter"])
-    data.val.set_state(extra["val_iter"])
+    state, restored_extra, _ = restored
+    data.train.set_state(restored_extra["train_iter"])
+    data.val.set_state(restored_extra["val_iter"])
   start = int(state.step)
   state = step_fn.put_state(state)
   probe_path = r.path("hypergrad_probe.jsonl")
@@ -127,6 +128,9 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     held_out = data.eval_batches.get("search_val") or next(iter(data.eval_batches.values()))
     monitor = collapse.Monitor(cfg.collapse, eval_space, next(iter(held_out())),
                                cfg.batch_size, cfg.seed)
+    if "collapse" in restored_extra:  # DARTS-ES's history: the resumed run stops as this one
+      monitor.load_state_dict(restored_extra["collapse"],
+                              jax.device_get(step_fn.get_state(state).alphas))
   probe = None
   if cfg.get("hypergrad_probe_every", 0) and r.main:
     probe = hypergrad_probe.Probe(cfg, eval_space, setup.w_opt, setup.schedule, probe_path)
@@ -196,7 +200,8 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       steps_per_epoch=spe, rate_name=f"{data.unit}_per_sec",
       host_state=lambda s: jax.device_get(step_fn.get_state(s)),
       extra=lambda step: {"train_iter": data.train.get_state(),
-                          "val_iter": data.val.get_state(), "epoch": step / spe},
+                          "val_iter": data.val.get_state(), "epoch": step / spe,
+                          **({} if monitor is None else {"collapse": monitor.state_dict()})},
       on_log=on_log, on_step=on_step,
       # Fraction of the interval's steps whose weight gradient the clip scaled.
       interval_means=("grad_clipped",))

@@ -76,3 +76,37 @@ def test_darts_es_ends_the_search_and_keeps_the_earlier_genotype(tmp_path, monke
       hist[0]["alphas"]["cell"])
   rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if r["kind"] == "collapse"] == [1, 2]
+
+
+def test_darts_es_resumed_run_stops_and_keeps_as_the_uninterrupted_one(tmp_path, monkeypatch):
+  # DARTS-ES decides on the eigenvalues of all earlier epochs and keeps the
+  # alphas of an earlier one: a run resumed between measurements must have both.
+  import json
+  import ml_collections
+  import helpers
+  from jdarts import search_loop
+  # Stop at the third measurement (whatever the values): a resumed run that
+  # forgot the first two would go on to the end.
+  monkeypatch.setattr(collapse.EarlyStop, "add",
+                      lambda self, v: self.values.append(float(v)) or len(self.values) == 3)
+
+  def run(workdir, max_steps):
+    cfg = helpers.tiny_search_config(str(tmp_path / "cache"), epochs=5, max_steps=max_steps)
+    cfg.space = "toy_mlp_cell"
+    cfg.model = ml_collections.ConfigDict(dict(hidden=8, dropout=0.0))
+    cfg.data.augment, cfg.data.train_portion = False, 0.01  # one step per epoch
+    cfg.report = False
+    cfg.arch.learning_rate = 0.3  # the alphas move, so the kept genotype differs from the last
+    cfg.collapse.update(every_epochs=1, early_stop=True, window=1)
+    return search_loop.run(cfg, str(workdir))
+
+  workdir = tmp_path / "run"
+  first = run(workdir, 2)
+  assert first["steps"] == 2 and "early_stopped" not in first
+  at_step_2 = {n: json.loads((workdir / n).read_text()) for n in ("genotype.json", "alphas.json")}
+  resumed = run(workdir, 0)  # from the checkpoint of step 2
+  # Uninterrupted, the rule stops at the third measurement (step 3) and keeps the
+  # one before (window 1): the alphas the first run ended with.
+  assert resumed["early_stopped"] == {"step": 3, "kept_step": 2}
+  assert resumed["genotype"] == at_step_2["genotype.json"]
+  assert json.loads((workdir / "alphas.json").read_text()) == at_step_2["alphas.json"]
