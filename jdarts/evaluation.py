@@ -18,6 +18,7 @@ device-parallel evaluation gives what one device gives.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
@@ -28,6 +29,8 @@ import numpy as np
 
 from jdarts import host_memory
 from jdarts import parallel
+
+log = logging.getLogger("jdarts")
 
 
 def masked_sums(aux: Dict[str, jnp.ndarray], names: Sequence[str],
@@ -185,7 +188,12 @@ class WarmUp:
           jax.block_until_ready(eval_step(params, alphas, batch, key, carry))
       except Exception as e:  # pylint: disable=broad-except
         self.error = e
-      host_memory.release()  # its compiles' garbage, as `Run.steps` does the step's
+      before = host_memory.resident_mb()
+      # Its compiles' garbage, as `Run.steps` hands back the step's.
+      if host_memory.release() and before is not None and self.error is None:
+        log.info("held-out evaluation compiled ahead (%d programs); host memory %.0f MB "
+                 "-> %.0f MB after handing the compiler's freed memory back",
+                 len(samples), before, host_memory.resident_mb())
     self._thread = threading.Thread(target=run, name="eval-warm-up", daemon=True)
     self._thread.start()
 
