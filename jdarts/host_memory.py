@@ -4,8 +4,8 @@ Compiling a search step on XLA:CPU allocates and frees gigabytes of small
 objects (HLO, buffer assignment, LLVM modules). glibc's allocator keeps freed
 heap memory in the process, so after the compile a process's resident memory
 stays near the compiler's peak for the rest of the run (the DARTS weight step
-at C=8, 5 cells, batch 16: 2.9 GB resident after compiling, 1.6 GB of it still
-in use; see benchmarks/RESULTS.md, issue 17). That memory is not lost, glibc
+at C=8, 5 cells, batch 16: 2.9-3.4 GB resident after compiling, 1.65 GB of it
+still in use; see benchmarks/RESULTS.md, issue 17). That memory is not lost, glibc
 reuses it, but to the operating system, to `top` and to an out-of-memory
 killer it is the process's, and it is not available to other processes (a
 second search, the data pipeline's workers).

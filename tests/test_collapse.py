@@ -50,37 +50,11 @@ def test_darts_es_stops_when_the_eigenvalue_rises_and_keeps_epoch_i_minus_k():
   assert not any(calm.add(v) for v in (3.0, 2.0, 2.0, 2.5, 2.5, 2.6))  # falls, then flat
 
 
-def test_darts_es_ends_the_search_and_keeps_the_earlier_genotype(tmp_path, monkeypatch):
-  import json
-  import ml_collections
-  import helpers
-  from jdarts import search_loop
-  cfg = helpers.tiny_search_config(str(tmp_path / "cache"), epochs=4, max_steps=0)
-  cfg.space = "toy_mlp_cell"
-  cfg.model = ml_collections.ConfigDict(dict(hidden=8, dropout=0.0))
-  cfg.data.augment, cfg.data.train_portion = False, 0.01  # one step per epoch
-  cfg.checkpoint.enabled, cfg.report = False, False
-  cfg.arch.learning_rate = 0.3  # the alphas move, so the kept genotype can differ
-  cfg.collapse.update(every_epochs=1, early_stop=True, window=1)
-  rises = iter([False, True])  # the rule itself is tested above; here: what a stop does
-  monkeypatch.setattr(collapse.EarlyStop, "add",
-                      lambda self, v: self.values.append(v) or next(rises))
-  summary = search_loop.run(cfg, str(tmp_path / "run"))
-  assert summary["steps"] == 2 and summary["early_stopped"] == {"step": 2, "kept_step": 1}
-  hist = [json.loads(l) for l in (tmp_path / "run" / "alpha_history.jsonl").read_text()
-          .splitlines()]
-  assert [h["step"] for h in hist] == [1, 2]
-  assert json.loads((tmp_path / "run" / "genotype.json").read_text()) == hist[0]["genotype"]
-  np.testing.assert_allclose(
-      json.loads((tmp_path / "run" / "alphas.json").read_text())["cell"],
-      hist[0]["alphas"]["cell"])
-  rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows if r["kind"] == "collapse"] == [1, 2]
-
-
-def test_darts_es_resumed_run_stops_and_keeps_as_the_uninterrupted_one(tmp_path, monkeypatch):
-  # DARTS-ES decides on the eigenvalues of all earlier epochs and keeps the
-  # alphas of an earlier one: a run resumed between measurements must have both.
+def test_darts_es_ends_the_search_keeps_the_earlier_genotype_and_resumes(tmp_path,
+                                                                        monkeypatch):
+  # What a stop does (the rule itself is tested above), in a run interrupted
+  # before it: DARTS-ES decides on the eigenvalues of all earlier epochs and
+  # keeps the alphas of an earlier one, so the resumed run must have both.
   import json
   import ml_collections
   import helpers
@@ -108,5 +82,13 @@ def test_darts_es_resumed_run_stops_and_keeps_as_the_uninterrupted_one(tmp_path,
   # Uninterrupted, the rule stops at the third measurement (step 3) and keeps the
   # one before (window 1): the alphas the first run ended with.
   assert resumed["early_stopped"] == {"step": 3, "kept_step": 2}
-  assert resumed["genotype"] == at_step_2["genotype.json"]
+  assert resumed["steps"] == 3 and resumed["genotype"] == at_step_2["genotype.json"]
   assert json.loads((workdir / "alphas.json").read_text()) == at_step_2["alphas.json"]
+  hist = [json.loads(l) for l in (workdir / "alpha_history.jsonl").read_text().splitlines()]
+  assert [h["step"] for h in hist] == [1, 2, 3]
+  assert hist[1]["genotype"] == at_step_2["genotype.json"]
+  # The kept alphas are step 2's, not the last step's (the alphas move every step).
+  np.testing.assert_allclose(at_step_2["alphas.json"]["cell"], hist[1]["alphas"]["cell"])
+  assert not np.allclose(at_step_2["alphas.json"]["cell"], hist[2]["alphas"]["cell"])
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows if r["kind"] == "collapse"] == [1, 2, 3]

@@ -159,9 +159,11 @@ def test_the_toy_space_satisfies_the_protocol():
 
 
 # first_order resume is also pinned on the DARTS CNN (tests/test_resume.py) and the
-# recurrent space (tests/test_rnn_search_cli.py); here it runs with --runslow.
+# recurrent space (tests/test_rnn_search_cli.py); here it runs with --runslow, as
+# single_level (the same checkpoint machinery with another step kind; suite time).
 @pytest.mark.parametrize("method", [pytest.param("first_order", marks=pytest.mark.slow),
-                                    "exact_hvp", "single_level"])
+                                    "exact_hvp",
+                                    pytest.param("single_level", marks=pytest.mark.slow)])
 def test_cli_search_resume_equals_uninterrupted(toy_config, tmp_path, capsys, method):
   """2 steps, then a rerun to 4, ends where one 4-step run ends; outputs use the space's names."""
   m = f"--config.arch.method={method}"

@@ -48,14 +48,15 @@ from jdarts.spaces.darts_cnn.network import Network
 log = logging.getLogger("jdarts")
 
 # Measured with JAX 0.10.2 (benchmarks/RESULTS.md, issue 17, session 8): XLA:CPU
-# expands `jax.checkpoint`'s optimisation barriers and then CSE merges the
-# recomputation back into the forward pass, so the compiled program equals the
-# one without remat (weight step, C=8, 5 cells, batch 64: 1,961 vs 1,957 MB of
-# temporaries; the exact-HVP step 6,342 vs 5,674 MB, more with remat).
+# removes `jax.checkpoint`'s optimisation barriers and CSE merges the
+# recomputation back into the forward pass, so the compiled program needs as
+# much memory as without remat or more (weight step, C=8, 5 cells, batch 64:
+# 1,961 vs 1,957 MB of temporaries; the exact-HVP step 6,342 vs 5,674 MB).
+# GPU/TPU not measured.
 _REMAT_ON_CPU = ("model.remat=True saves no memory on XLA:CPU: its compiler merges the "
                  "recomputed cells back into the forward pass (the program's temporaries "
-                 "are the same or larger, and it compiles longer). It is meant for "
-                 "GPU/TPU; on CPU, lower the batch size or use model.batch_edges instead.")
+                 "are the same or larger, and it compiles longer). On CPU, lower the "
+                 "batch size instead.")
 _warned_remat = []
 
 PRIMITIVES = primitives_lib.PRIMITIVES
