@@ -59,17 +59,6 @@ REF_KIND = {"weight": "weight", "arch_first_order": "arch_first",
             "unrolled": "arch_second"}
 
 
-def _proc_status_mb(key: str):
-  try:
-    with open("/proc/self/status") as fh:
-      for line in fh:
-        if line.startswith(key + ":"):
-          return int(line.split()[1]) / 1024
-  except OSError:
-    pass
-  return None
-
-
 def reset_peak_rss() -> bool:
   """Resets the process's peak RSS (Linux >= 4.0); False where that is impossible."""
   try:
@@ -82,7 +71,7 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_mb() -> float:
   """Peak RSS since the last `reset_peak_rss` (or since the start), MB."""
-  hwm = _proc_status_mb("VmHWM")
+  hwm = host_memory.status_mb("VmHWM")
   return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -196,7 +185,7 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
   that, `rss_before_run_mb` after it.
   """
   jitted = jax.jit(fn, donate_argnums=0)
-  rss0 = _proc_status_mb("VmRSS")
+  rss0 = host_memory.resident_mb()
   resettable = reset_peak_rss()
   t0, c0 = time.perf_counter(), time.process_time()
   lowered = jitted.lower(state, tb, vb)
@@ -215,9 +204,9 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
     pass
   # Donation consumes the state: run on a copy so the caller's stays valid.
   s = jax.tree_util.tree_map(jnp.copy, state)
-  rss_compiled = _proc_status_mb("VmRSS")
+  rss_compiled = host_memory.resident_mb()
   released = release and host_memory.release()
-  rss1 = _proc_status_mb("VmRSS")
+  rss1 = host_memory.resident_mb()
   reset_peak_rss()
   for _ in range(warmup):
     s = compiled(s, tb, vb)

@@ -188,12 +188,12 @@ class WarmUp:
           jax.block_until_ready(eval_step(params, alphas, batch, key, carry))
       except Exception as e:  # pylint: disable=broad-except
         self.error = e
-      before = host_memory.resident_mb()
       # Its compiles' garbage, as `Run.steps` hands back the step's.
-      if host_memory.release() and before is not None and self.error is None:
+      released = host_memory.release_measured()
+      if released and self.error is None:
         log.info("held-out evaluation compiled ahead (%d programs); host memory %.0f MB "
                  "-> %.0f MB after handing the compiler's freed memory back",
-                 len(samples), before, host_memory.resident_mb())
+                 len(samples), *released)
     self._thread = threading.Thread(target=run, name="eval-warm-up", daemon=True)
     self._thread.start()
 

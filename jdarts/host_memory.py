@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 _lock = threading.Lock()
 _trim: Optional[Callable[[int], int]] = None
@@ -59,13 +59,26 @@ def release() -> bool:
   return True
 
 
-def resident_mb() -> Optional[float]:
-  """The process's resident memory in MB (Linux `/proc/self/status` VmRSS), or None."""
+def status_mb(key: str) -> Optional[float]:
+  """A memory field of Linux's `/proc/self/status` in MB (e.g. 'VmRSS', 'VmHWM'), or None."""
   try:
     with open("/proc/self/status") as fh:
       for line in fh:
-        if line.startswith("VmRSS:"):
+        if line.startswith(key + ":"):
           return int(line.split()[1]) / 1024
   except OSError:
     pass
   return None
+
+
+def resident_mb() -> Optional[float]:
+  """The process's resident memory in MB (VmRSS), or None where /proc has none."""
+  return status_mb("VmRSS")
+
+
+def release_measured() -> Optional[Tuple[float, float]]:
+  """`release()`, and the resident MB (before, after) for a log line; None if either is unknown."""
+  before = resident_mb()
+  if not release() or before is None:
+    return None
+  return before, resident_mb()

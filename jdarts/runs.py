@@ -464,10 +464,10 @@ class Run:
           compile_s = time.time() - t0
           log.info("first step (compilation included) took %.1f s", compile_s)
           # The compiler's freed memory would otherwise stay resident all run.
-          before = host_memory.resident_mb()
-          if host_memory.release() and before is not None:
+          released = host_memory.release_measured()
+          if released:
             log.info("host memory %.0f MB -> %.0f MB after handing the compiler's "
-                     "freed memory back", before, host_memory.resident_mb())
+                     "freed memory back", *released)
           t_window, items = time.time(), 0
         else:
           items += items_per_step

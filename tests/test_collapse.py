@@ -70,7 +70,7 @@ def test_darts_es_ends_the_search_keeps_the_earlier_genotype_and_resumes(tmp_pat
     cfg.model = ml_collections.ConfigDict(dict(hidden=8, dropout=0.0))
     cfg.data.augment, cfg.data.train_portion = False, 0.01  # one step per epoch
     cfg.report = False
-    cfg.arch.learning_rate = 0.3  # the alphas move, so the kept genotype differs from the last
+    cfg.arch.learning_rate = 0.3  # the alphas move every step: the kept ones differ from the last
     cfg.collapse.update(every_epochs=1, early_stop=True, window=1)
     return search_loop.run(cfg, str(workdir))
 
