@@ -133,6 +133,7 @@ def child(args) -> dict:
   import jax
 
   import search_step
+  from jdarts import parallel
   from jdarts.spaces import darts_cnn
 
   model, flags = VARIANTS[args.variant][:2]
@@ -149,7 +150,7 @@ def child(args) -> dict:
       params = darts_cnn.to_batched_params(state.params, base[0].network)
       state = state.replace(params=params, w_opt_state=w_opt.init(params))
   fn = search_step.step_fns(space, cfg, w_opt, a_opt, sched)[args.kind]
-  jitted = jax.jit(fn, donate_argnums=0)
+  jitted = parallel.jit(fn, donate_argnums=0)  # as the search loops compile it
   w0, c0 = time.perf_counter(), time.process_time()
   lowered = jitted.lower(state, tb, vb)
   w1, c1 = time.perf_counter(), time.process_time()

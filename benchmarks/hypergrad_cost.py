@@ -46,7 +46,7 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from jdarts import hypergrad, optim  # noqa: E402
+from jdarts import hypergrad, optim, parallel  # noqa: E402
 from jdarts import hypergrad_compare as hc  # noqa: E402
 import search_step  # noqa: E402  (the shared supernet setting)
 
@@ -101,7 +101,7 @@ def measure(fn, args, repeats):
   """Compile and run `fn(*args)`; returns the cost fields of a row."""
   import time
   t0, c0 = time.perf_counter(), time.process_time()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = parallel.jit(fn).lower(*args).compile()
   compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
   c0 = time.process_time()
   times = hc.time_calls(compiled, args, repeats)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import optax
 
-from jdarts import config_lib, optim, schedules, search, spaces
+from jdarts import config_lib, optim, parallel, schedules, search, spaces
 from jdarts import lm_train_loop
 from jdarts.data import text
 from jdarts.spaces.darts_rnn import genotypes, network
@@ -61,7 +61,7 @@ def main():
   load = os.getloadavg()[0]
   for method in [m for m in args.methods.split(",") if m]:
     cfg.arch.method = method
-    step = jax.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched,
+    step = parallel.jit(search.make_search_step(space, cfg.arch, w_opt, a_opt, sched,
                                            weight_decay=cfg.optim.weight_decay,
                                            optim_cfg=cfg.optim))
     state = [search.init_state(space, jax.random.PRNGKey(0), tr, w_opt, a_opt)]
@@ -79,7 +79,7 @@ def main():
   st = [lm_train_loop.LMState(p, tx.init(p), net.init_carry(b),
                               jax.tree_util.tree_map(np.array, p), np.int32(0), np.int32(0),
                               jax.random.PRNGKey(1))]
-  train_step = jax.jit(lm_train_loop.make_train_step(net, tx))
+  train_step = parallel.jit(lm_train_loop.make_train_step(net, tx))
   valid = np.ones(t, bool)
 
   def run_train():

@@ -51,7 +51,8 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-from jdarts import config_lib, data, host_memory, hypergrad, optim, schedules, search, spaces  # noqa: E402
+from jdarts import (config_lib, data, host_memory, hypergrad, optim, parallel,  # noqa: E402
+                    schedules, search, spaces)
 
 # Our kind -> the kind of bench_torch_darts.py it is timed against.
 REF_KIND = {"weight": "weight", "arch_first_order": "arch_first",
@@ -176,15 +177,21 @@ def step_fns(space, cfg, w_opt, a_opt, sched):
   return fns
 
 
-def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = True) -> dict:
+def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = True,
+            compiler_options=None) -> dict:
   """Compiles `fn` (state donated), warms up, times `repeats` calls; the cost fields of a row.
+
+  `compiler_options` are the XLA options of the program (the search loops'
+  `jdarts.parallel.default_compiler_options()` unless given).
 
   With `release` the compiler's freed memory is handed back to the operating
   system before running (`jdarts.host_memory.release`), as the run loops do
   after their first step; `rss_after_compile_mb` is the resident memory before
   that, `rss_before_run_mb` after it.
   """
-  jitted = jax.jit(fn, donate_argnums=0)
+  if compiler_options is None:
+    compiler_options = parallel.default_compiler_options()
+  jitted = jax.jit(fn, donate_argnums=0, compiler_options=compiler_options or None)
   rss0 = host_memory.resident_mb()
   resettable = reset_peak_rss()
   t0, c0 = time.perf_counter(), time.process_time()
@@ -243,6 +250,7 @@ def run_isolated(args, kinds):
   flags += ["--batch_edges"] if args.batch_edges else []
   flags += ["--remat"] if args.remat else []
   flags += ["--keep_freed"] if args.keep_freed else []
+  flags += ["--xla_default"] if args.xla_default else []
   rc = 0
   for kind in kinds:
     p = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, f"--steps={kind}"])
@@ -267,6 +275,10 @@ def main(argv=None):
   ap.add_argument("--keep_freed", action="store_true",
                   help="run without first handing the compiler's freed memory back "
                        "(jdarts.host_memory.release; the run loops do hand it back)")
+  ap.add_argument("--xla_default", action="store_true",
+                  help="compile with XLA's default options instead of the search loops' "
+                       "(jdarts.parallel.default_compiler_options: on CPU, optimisation "
+                       "barriers kept)")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
   kinds = [k for k in args.steps.split(",") if k]
@@ -285,7 +297,8 @@ def main(argv=None):
   for name in kinds:
     load0 = os.getloadavg()[0]
     cost = measure(fns[name], state, tb, vb, args.repeats, args.warmup,
-                   release=not args.keep_freed)
+                   release=not args.keep_freed,
+                   compiler_options={} if args.xla_default else None)
     # One step of the bilevel search consumes a train and a val batch; the
     # weight-only and arch-only steps consume one.
     images = 2 * args.batch if name == "fused_first_order" else args.batch
@@ -294,6 +307,7 @@ def main(argv=None):
            **cost, "images_per_s": round(images * 1e3 / cost["ms_per_step"], 2),
            "depthwise": args.depthwise, "primitives": args.primitives or "all",
            "batch_edges": args.batch_edges, "remat": args.remat, "dtype": args.dtype,
+           "compiler_options": {} if args.xla_default else parallel.default_compiler_options(),
            "virtual_step": cfg.arch.get("virtual_step", "reference"),
            "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
            "jax": jax.__version__, "loadavg_1m": [round(load0, 2),

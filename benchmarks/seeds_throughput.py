@@ -39,7 +39,7 @@ def worker(K: int, steps: int, ready_dir: str, n_ready: int, cache: str) -> dict
   """Compiles and times the K-seed step in this process; returns the measurements."""
   import jax
   import numpy as np
-  from jdarts import config_lib, data, experiment, runs, search, seeds
+  from jdarts import config_lib, data, experiment, parallel, runs, search, seeds
   runs.enable_compilation_cache(cache)
   cfg = config_lib.search_defaults()
   cfg.data.name, cfg.model.init_channels, cfg.model.layers = "digits", 8, 3
@@ -55,10 +55,10 @@ def worker(K: int, steps: int, ready_dir: str, n_ready: int, cache: str) -> dict
                  "label": rng.randint(0, 10, 32).astype(np.int32)}
   if K == 1:  # today's num_seeds=1 program, not a vmap of size 1
     state, mk = jax.device_get(setups[0].state), one
-    fn = jax.jit(step, donate_argnums=(0,))
+    fn = parallel.jit(step, donate_argnums=(0,))
   else:
     state = seeds.stack_states([jax.device_get(s.state) for s in setups])
-    fn = jax.jit(seeds.vmap_step(step, state, shared_batches=False), donate_argnums=(0,))
+    fn = parallel.jit(seeds.vmap_step(step, state, shared_batches=False), donate_argnums=(0,))
     mk = lambda: seeds.stack_batches([one() for _ in range(K)])
   tb, vb = jax.device_put(mk()), jax.device_put(mk())
   state = jax.device_put(state)

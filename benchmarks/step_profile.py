@@ -147,6 +147,7 @@ def main(argv=None):
   args = ap.parse_args(argv)
 
   import jax
+  from jdarts import parallel
   space, cfg, w_opt, a_opt, sched, state, tb, vb = search_step.build(
       args.C, args.layers, args.batch, args.depthwise, args.primitives, args.batch_edges,
       alpha_scale=1e-3, dtype=args.dtype)
@@ -155,7 +156,7 @@ def main(argv=None):
     raise SystemExit(f"step_profile: error: --kind={args.kind!r}; choose from "
                      f"{', '.join(sorted(fns))}.")
   t0 = time.perf_counter()
-  compiled = jax.jit(fns[args.kind]).lower(state, tb, vb).compile()
+  compiled = parallel.jit(fns[args.kind]).lower(state, tb, vb).compile()
   compile_s = time.perf_counter() - t0
   jax.block_until_ready(compiled(state, tb, vb))
   trace_dir = args.trace_dir or tempfile.mkdtemp(prefix="step_profile_")

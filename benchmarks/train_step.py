@@ -78,7 +78,7 @@ def build(args):
                                     devices=jax.local_devices()[:args.devices or None])
     return wrapped, None, wrapped.put_state(state), batch, n_params
   batch = jax.tree_util.tree_map(jnp.asarray, batch)
-  fn = jax.jit(step, donate_argnums=(0,))
+  fn = parallel.jit(step, donate_argnums=(0,))
   t0 = time.perf_counter()
   compiled = fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0

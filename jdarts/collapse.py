@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jdarts import parallel
 from jdarts.config_lib import ConfigError
 
 
@@ -79,7 +80,7 @@ def dominant_eigenvalue(fn: Callable, alphas, rng: jnp.ndarray, *, iters: int = 
     (eigenvalue, HVPs used).
   """
   flat, unravel = ravel_pytree(alphas)
-  matvec = jax.jit(lambda x: ravel_pytree(hvp(fn, alphas, unravel(x)))[0])
+  matvec = parallel.jit(lambda x: ravel_pytree(hvp(fn, alphas, unravel(x)))[0])
   return power_iteration(matvec, jax.random.normal(rng, flat.shape, flat.dtype),
                          iters=iters, tol=tol)
 
@@ -160,12 +161,12 @@ class Monitor:
       _, unravel = ravel_pytree(alphas)
       fn = lambda a: space.loss(params, a, batch, key, carry)[0]
       return ravel_pytree(hvp(fn, alphas, unravel(x)))[0]
-    self._matvec = jax.jit(matvec)  # compiled once: every argument is an array
+    self._matvec = parallel.jit(matvec)  # compiled once: every argument is an array
 
     def loss_flat(params, alphas, batch, carry, x):
       _, unravel = ravel_pytree(alphas)
       return space.loss(params, unravel(x), batch, key, carry)[0]
-    self._hessian = jax.jit(jax.hessian(loss_flat, argnums=4))
+    self._hessian = parallel.jit(jax.hessian(loss_flat, argnums=4))
 
   def due(self, epoch: int) -> bool:
     return self.c.every_epochs > 0 and epoch > 0 and epoch % self.c.every_epochs == 0

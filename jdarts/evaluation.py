@@ -248,7 +248,7 @@ class ParallelEval:
 
     self._parallel = parallel.ParallelStep(step, backend=backend, devices=devices,
                                            axis_name=axis_name, donate=False, num_batches=1)
-    self._single = jax.jit(make_eval_step(single_space))
+    self._single = parallel.jit(make_eval_step(single_space))
     self.num_devices = self._parallel.num_devices
 
   def __call__(self, params, alphas, batch, rng, carry):

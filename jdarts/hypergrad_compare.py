@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdarts import hypergrad
+from jdarts import parallel
 
 PyTree = Any
 Row = Dict[str, Any]
@@ -194,7 +195,7 @@ def compile_estimator(method, fn, args):
   """(`jax.jit(fn)` compiled ahead of time for `args`, compile seconds)."""
   try:
     t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = parallel.jit(fn).lower(*args).compile()
     return compiled, time.perf_counter() - t0
   except Exception as e:
     e.add_note(f"(while tracing/compiling hypergradient method {method!r})")

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdarts import optim, runs, schedules
+from jdarts import optim, parallel, runs, schedules
 from jdarts.config_lib import ConfigError
 from jdarts.data import text
 from jdarts.spaces.darts_rnn import network as network_lib
@@ -153,12 +153,12 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
   if r.main:  # rows after the checkpoint belong to steps this run replays
     runs.trim_jsonl(r.path("metrics.jsonl"),
                     lambda row: row.get("kind") != "final" and row.get("step", 0) <= start)
-  step_fn = jax.jit(make_train_step(net, tx), donate_argnums=0)
+  step_fn = parallel.jit(make_train_step(net, tx), donate_argnums=0)
 
   def eval_fn(p, batch, carry):
     _, aux, carry = net.loss(p, batch, None, carry)
     return (aux["loss"] * aux["count"], aux["count"]), carry
-  eval_step = jax.jit(eval_fn)
+  eval_step = parallel.jit(eval_fn)
   log.info("train: language model of %s on %s (%d words), %d steps (%d per epoch), %d params",
            cfg.genotype, d.name, len(corpus.words), total, spe, net.count_params())
 

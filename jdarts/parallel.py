@@ -37,6 +37,28 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 BACKENDS = ("pmap", "shard_map", "none")
 AXIS = "batch"
 
+# XLA:CPU expands optimisation barriers away early in its pipeline (its
+# `cse_barrier_expander` pass); CSE then merges `jax.checkpoint`'s recomputation
+# back into the forward pass, so remat saved no memory on CPU (benchmarks/RESULTS.md,
+# issue 17, sessions 8 and 9). With that pass off the barriers stay, as they do on
+# GPU and TPU, and programs without barriers compile as before.
+_KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
+
+
+def default_compiler_options(platform: Optional[str] = None) -> Dict[str, str]:
+  """The XLA options jdarts compiles its steps with on `platform` (default: JAX's backend).
+
+  On CPU: keep optimisation barriers (`jax.checkpoint`, `model.remat`) so that
+  recomputation saves memory there too. Elsewhere: none. Pass them to
+  `jax.jit(..., compiler_options=...)` or `Lowered.compile(compiler_options=...)`.
+  """
+  return dict(_KEEP_BARRIERS) if (platform or jax.default_backend()) == "cpu" else {}
+
+
+def jit(fun: Callable, **kwargs) -> Callable:
+  """`jax.jit(fun, **kwargs)` compiled with `default_compiler_options()`, as the steps are."""
+  return jax.jit(fun, compiler_options=default_compiler_options() or None, **kwargs)
+
 
 def check_divisible(batch_size: int, num_devices: int) -> None:
   """Raises ValueError unless the global batch splits evenly over the devices."""
@@ -57,11 +79,14 @@ class ParallelStep:
     donate: donate the state buffers to the step (halves peak state memory).
     num_batches: how many batch arguments follow the state (2 for the search
       step's train and val batches, 1 for a training step).
+    compiler_options: XLA options for the step's program; None: the
+      platform's `default_compiler_options()`.
   """
 
   def __init__(self, per_device_step: Callable, *, backend: str = "pmap",
                devices: Optional[Sequence[Any]] = None, axis_name: str = AXIS,
-               donate: bool = True, num_batches: int = 2):
+               donate: bool = True, num_batches: int = 2,
+               compiler_options: Optional[Mapping[str, Any]] = None):
     if backend not in BACKENDS:
       raise ValueError(f"parallel.backend={backend!r} is unknown; choose one of {BACKENDS}.")
     self.backend = backend
@@ -76,12 +101,17 @@ class ParallelStep:
     if backend == "none":
       self.devices = self.devices[:1]
     self.num_devices = len(self.devices)  # local devices of this process
+    if compiler_options is None:
+      compiler_options = default_compiler_options(self.devices[0].platform)
+    self.compiler_options = dict(compiler_options) or None
     donate_args = (0,) if donate else ()
     if backend == "pmap":
       # devices=None under several processes: pmap then spans all processes.
       self._fn = jax.pmap(per_device_step, axis_name=axis_name,
                           devices=None if self.multi_process else self.devices,
                           donate_argnums=donate_args)
+      if self.compiler_options:
+        self._fn = _PmapWithOptions(self._fn, self.compiler_options)
     elif backend == "shard_map":
       mesh_devices = jax.devices() if self.multi_process else self.devices
       self.mesh = Mesh(np.asarray(mesh_devices), (axis_name,))
@@ -91,7 +121,8 @@ class ParallelStep:
       self._per_device_step = per_device_step
       self._fn = None  # built by put_state, which sees whether the state has a carry
     else:
-      self._fn = jax.jit(per_device_step, donate_argnums=donate_args)
+      self._fn = jax.jit(per_device_step, donate_argnums=donate_args,
+                         compiler_options=self.compiler_options)
 
   # Moving values in and out --------------------------------------------------
   def _state_specs(self, state):
@@ -109,7 +140,8 @@ class ParallelStep:
     mapped = jax.shard_map(self._per_device_step, mesh=self.mesh,
                            in_specs=(specs,) + (P(self.axis_name),) * self._num_batches,
                            out_specs=(specs, P()), check_vma=False)
-    self._fn = jax.jit(mapped, donate_argnums=self._donate_args)
+    self._fn = jax.jit(mapped, donate_argnums=self._donate_args,
+                       compiler_options=self.compiler_options)
 
   def put_state(self, state):
     """Places a host/global state the way the step expects it."""
@@ -195,6 +227,27 @@ class ParallelStep:
     if self._fn is None:
       raise RuntimeError("place the state with put_state() before the first step.")
     return self._fn(state, *[self.put_batch(b) for b in batches])
+
+
+class _PmapWithOptions:
+  """A pmapped function compiled with XLA options (`jax.pmap` takes none).
+
+  Lowers and compiles once per argument signature (tree, shapes, dtypes),
+  as `jax.pmap` itself would retrace.
+  """
+
+  def __init__(self, pmapped: Callable, options: Mapping[str, Any]):
+    self._pmapped, self._options, self._compiled = pmapped, dict(options), {}
+
+  def __call__(self, *args):
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    key = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
+                        getattr(x, "weak_type", False)) for x in leaves))
+    compiled = self._compiled.get(key)
+    if compiled is None:
+      compiled = self._compiled[key] = self._pmapped.lower(*args).compile(
+          compiler_options=self._options)
+    return compiled(*args)
 
 
 def _carry(state):

@@ -117,7 +117,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     runs.trim_jsonl(r.path("alpha_history.jsonl"), lambda row: row.get("step", 0) <= start)
   # Held-out evaluation runs on one device, with batch statistics of its batch.
   eval_space = experiment.build_space(cfg, data.info)
-  eval_step = jax.jit(evaluation.make_eval_step(eval_space))
+  eval_step = parallel.jit(evaluation.make_eval_step(eval_space))
   log.info("search: %s on %s, %d steps (%d per epoch), arch method %s, step kind %s, "
            "%d weights, %d device(s) (%s)", cfg.space, cfg.data.name, total, spe,
            cfg.arch.method, search_lib.step_kind_for(cfg.arch),

@@ -125,7 +125,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
       runs.trim_jsonl(os.path.join(d, "alpha_history.jsonl"),
                       lambda row: row.get("step", 0) <= start)
   eval_space = experiment.build_space(cfg, data.info)
-  eval_step = jax.jit(evaluation.make_eval_step(eval_space))
+  eval_step = parallel.jit(evaluation.make_eval_step(eval_space))
   log.info("search: %d seeds (%d..%d) of %s on %s in one program, %d steps (%d per epoch), "
            "arch method %s, %s data order, %d device(s) (%s)", K, cfg.seed, cfg.seed + K - 1,
            cfg.space, cfg.data.name, total, spe, cfg.arch.method,

@@ -158,7 +158,7 @@ def run(cfg, workdir: str) -> Dict[str, Any]:
     runs.trim_jsonl(r.path("metrics.jsonl"),
                     lambda row: row.get("kind") != "final" and row.get("step", 0) <= start)
   state = step_fn.put_state(state)
-  eval_step = jax.jit(train_lib.make_eval_step(models.without_axis_name(net)))
+  eval_step = parallel.jit(train_lib.make_eval_step(models.without_axis_name(net)))
   eval_batch = cfg.eval_batch_size or cfg.batch_size
   log.info("train: %s network of %s on %s, %d steps (%d per epoch), %d params "
            "(%d with the auxiliary head), %s, %d device(s)", cfg.model.name, cfg.genotype,

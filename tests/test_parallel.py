@@ -114,3 +114,58 @@ def test_indivisible_batch_is_a_clear_error():
     parallel.check_divisible(12, 8)
   with pytest.raises(ValueError, match="parallel.backend"):
     parallel.ParallelStep(lambda s, a, b: (s, {}), backend="tpu_magic")
+
+
+def _layers(ws, x):
+  """Layers with intermediates inside each: what recomputation can drop."""
+  for w in ws:
+    x = jax.checkpoint(lambda w, x: jnp.tanh(jnp.tanh(jnp.tanh(x @ w) @ w) @ w) + x)(w, x)
+  return jnp.sum(x ** 2)
+
+
+def test_default_options_keep_checkpoint_barriers_on_cpu():
+  """On XLA:CPU, jax.checkpoint saves memory only with the barriers kept."""
+  ws = [jnp.full((64, 64), 0.01 * (i + 1), jnp.float32) for i in range(8)]
+  x = jnp.ones((512, 64), jnp.float32)
+  grad = jax.grad(_layers)
+  kept = parallel.jit(grad).lower(ws, x).compile()
+  plain = jax.jit(grad).lower(ws, x).compile()
+  if jax.default_backend() != "cpu":
+    assert parallel.default_compiler_options() == {}
+    return
+  assert "opt-barrier" in kept.as_text() and "opt-barrier" not in plain.as_text()
+  temp = lambda c: c.memory_analysis().temp_size_in_bytes
+  assert temp(kept) < 0.7 * temp(plain), (temp(kept), temp(plain))
+  for a, b in zip(kept(ws, x), plain(ws, x)):
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend,n", [("none", 1), ("shard_map", 2), ("pmap", 2)])
+def test_parallel_step_compiles_with_the_default_options(backend, n):
+  """Every wrapper compiles the step keeping its barriers (pmap takes no options itself)."""
+  def step(state, batch):
+    y = jax.lax.optimization_barrier(batch["x"] * state["w"])
+    return {"w": state["w"] + jnp.mean(y)}, {"m": jnp.mean(y)}
+  ps = parallel.ParallelStep(step if backend == "none" else
+                             lambda s, b: _pmean_step(step, s, b),
+                             backend=backend, devices=jax.local_devices()[:n],
+                             num_batches=1)
+  assert ps.compiler_options == (parallel.default_compiler_options() or None)
+  batch = {"x": np.arange(8, dtype=np.float32)}
+  s = ps.put_state({"w": np.float32(1.0)})
+  s, m = ps(s, batch)
+  got = float(np.asarray(ps.get_state(s)["w"]))
+  assert got == pytest.approx(1.0 + 3.5)
+  if jax.default_backend() != "cpu":
+    return
+  if backend == "pmap":
+    texts = [c.as_text() for c in ps._fn._compiled.values()]
+  else:
+    texts = [ps._fn.lower(ps.put_state({"w": np.float32(1.0)}), ps.put_batch(batch))
+             .compile().as_text()]
+  assert texts and all("opt-barrier" in t for t in texts)
+
+
+def _pmean_step(step, state, batch):
+  new, metrics = step(state, batch)
+  return jax.lax.pmean((new, metrics), parallel.AXIS)

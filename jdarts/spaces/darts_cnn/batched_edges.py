@@ -378,6 +378,8 @@ class SourceEdges(nn.Module):
       out = out + weights[:, col, None, None, None, None].astype(y.dtype) * y
     # Materialise the mixed outputs: otherwise XLA fuses this weighted sum
     # into every node sum that reads a slice of it and recomputes it there.
+    # XLA:CPU keeps the barrier only under `parallel.default_compiler_options()`
+    # (small weight step: ~10% faster, compiled ~20% sooner than without it).
     return lax.optimization_barrier(out)
 
   def _per_edge(self, name, k, train):

@@ -12,8 +12,9 @@ the paper's values as defaults (sec. 2.1, A.1.1):
   at -ln(|O| - 1)), alpha_init_scale (std of the initial alphas' noise;
   0: none),
   depthwise (`jdarts.ops.DEPTHWISE_IMPLS`), dtype ('float32' | 'bfloat16' |
-  'float64'), remat (recompute cells in the backward pass; on XLA:CPU this
-  saves no memory, see `_REMAT_ON_CPU`), batch_edges
+  'float64'), remat (recompute cells in the backward pass: less memory, one
+  more forward pass per step; on XLA:CPU only in programs compiled with
+  `jdarts.parallel.default_compiler_options()`, as every jdarts step is), batch_edges
   (compute edges per source state, `cells.BatchedSearchCell`; params in the
   `network.to_batched_params` layout), init ('pytorch', modern PyTorch's
   default initialisation, or 'pytorch0.3', that of the PyTorch quark0/darts
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
 import math
 import numbers
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -44,20 +44,6 @@ from jdarts.spaces.darts_cnn import derive as derive_lib
 from jdarts.spaces.darts_cnn import primitives as primitives_lib
 from jdarts.spaces.darts_cnn.cells import num_edges
 from jdarts.spaces.darts_cnn.network import Network
-
-log = logging.getLogger("jdarts")
-
-# Measured with JAX 0.10.2 (benchmarks/RESULTS.md, issue 17, session 8): XLA:CPU
-# removes `jax.checkpoint`'s optimisation barriers and CSE merges the
-# recomputation back into the forward pass, so the compiled program needs as
-# much memory as without remat or more (weight step, C=8, 5 cells, batch 64:
-# 1,961 vs 1,957 MB of temporaries; the exact-HVP step 6,342 vs 5,674 MB).
-# GPU/TPU not measured.
-_REMAT_ON_CPU = ("model.remat=True saves no memory on XLA:CPU: its compiler merges the "
-                 "recomputed cells back into the forward pass (the program's temporaries "
-                 "are the same or larger, and it compiles longer). On CPU, lower the "
-                 "batch size instead.")
-_warned_remat = []
 
 PRIMITIVES = primitives_lib.PRIMITIVES
 DTYPES = ("float32", "bfloat16", "float64")
@@ -191,9 +177,6 @@ class DartsCNNSpace(SpaceBase):
                          dtype=jnp.dtype(get("dtype", "float32")), init=get("init", "pytorch"))
     steps, multiplier = get("steps", 4), get("multiplier", 4)
     remat = bool(get("remat", False))
-    if remat and jax.default_backend() == "cpu" and not _warned_remat:
-      _warned_remat.append(True)  # once per process: a run builds the space two or three times
-      log.warning(_REMAT_ON_CPU)
     net = Network(C=get("init_channels", 16), num_classes=int(info.num_classes),
                   layers=get("layers", 8), steps=steps, multiplier=multiplier,
                   stem_multiplier=get("stem_multiplier", 3), primitives=primitives,
