@@ -4,8 +4,10 @@
         --steps=weight,arch_first_order,exact_hvp,finite_difference
 
 Each measured step is one jitted function (state donated, as in the search),
-compiled once (timed apart: wall and process CPU seconds), warmed up, then
-run `--repeats` times on random 32x32x3 inputs:
+compiled once with the search loops' XLA options
+(`jdarts.parallel.default_compiler_options()`; `--xla_default` for XLA's own)
+and timed apart (wall and process CPU seconds), warmed up, then run
+`--repeats` times on random 32x32x3 inputs:
 
 * weight             grad of the train loss w.r.t. weights + the real update
                      (clip, coupled decay, momentum SGD): the reference's `weight`
