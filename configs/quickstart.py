@@ -10,9 +10,9 @@ the size is reduced: C=8, 3 cells (normal, reduction, reduction), batch 32,
 3 epochs, architecture learning rate 3e-3 (the paper's 3e-4 barely moves
 the alphas in 3 epochs). The edges leaving each cell state are computed
 together (`model.batch_edges`: the same function, parameters stacked per
-source), which XLA compiles ~1.7x faster and runs as fast on CPU. On 2 CPU
-cores it finishes in about 90 s cold, two thirds of it compilation (a
-second-order search, `--config.arch.method=exact_hvp`, in about 3 minutes).
+source), which XLA compiles faster and runs about as fast on CPU. On 2 CPU
+cores it finishes in about 85 s cold, 50 s of it to the first step (a
+second-order search, `--config.arch.method=exact_hvp`, in about 2.5 minutes).
 """
 from jdarts import config_lib
 

@@ -192,7 +192,7 @@ def estimator_fn(method, train_loss, val_loss, w_opt, has_aux, kw) -> Callable:
 
 
 def compile_estimator(method, fn, args):
-  """(`jax.jit(fn)` compiled ahead of time for `args`, compile seconds)."""
+  """(`parallel.jit(fn)` compiled ahead of time for `args`, compile seconds)."""
   try:
     t0 = time.perf_counter()
     compiled = parallel.jit(fn).lower(*args).compile()

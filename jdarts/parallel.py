@@ -38,19 +38,21 @@ BACKENDS = ("pmap", "shard_map", "none")
 AXIS = "batch"
 
 # XLA:CPU expands optimisation barriers away early in its pipeline (its
-# `cse_barrier_expander` pass); CSE then merges `jax.checkpoint`'s recomputation
-# back into the forward pass, so remat saved no memory on CPU (benchmarks/RESULTS.md,
-# issue 17, sessions 8 and 9). With that pass off the barriers stay, as they do on
-# GPU and TPU, and programs without barriers compile as before.
+# `cse_barrier_expander` pass); CSE then merged `jax.checkpoint`'s recomputation
+# back into the forward pass (remat saved no memory on CPU) and fusion recomputed
+# barrier-fenced values in every consumer (benchmarks/RESULTS.md, issue 17,
+# sessions 8 and 9). With that pass off the barriers stay, as they do on GPU and
+# TPU; programs without barriers compile as before.
 _KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
 
 
 def default_compiler_options(platform: Optional[str] = None) -> Dict[str, str]:
   """The XLA options jdarts compiles its steps with on `platform` (default: JAX's backend).
 
-  On CPU: keep optimisation barriers (`jax.checkpoint`, `model.remat`) so that
-  recomputation saves memory there too. Elsewhere: none. Pass them to
-  `jax.jit(..., compiler_options=...)` or `Lowered.compile(compiler_options=...)`.
+  On CPU: keep optimisation barriers, so that `jax.checkpoint` (`model.remat`)
+  saves memory there too and the supernets' mixed outputs are computed once
+  (`cells.MixedOp`). Elsewhere: none. Pass them to `jax.jit(...,
+  compiler_options=...)` or `Lowered.compile(compiler_options=...)`, or use `jit`.
   """
   return dict(_KEEP_BARRIERS) if (platform or jax.default_backend()) == "cpu" else {}
 
