@@ -113,7 +113,7 @@ def evaluate(space, eval_step: Callable, params, alphas, batches, *, rng=None,
 
   Args:
     space: the search space (its `metric_names`, `init_carry`, `summarize`).
-    eval_step: `jax.jit(make_eval_step(space))`.
+    eval_step: `parallel.jit(make_eval_step(space))`.
     params, alphas: the supernet's weights and architecture.
     batches: an iterable of batches (the last one may be padded, with 'mask';
       it is evaluated without the padding rows, see `unpadded`).
@@ -219,7 +219,7 @@ class ParallelEval:
   moments averaged across devices (`space` built with `bn_axis_name=axis_name`)
   each batch is normalised by the moments of exactly its real rows, as on one
   device, so `evaluate(space, ParallelEval(...), ...)` equals
-  `evaluate(single_space, jax.jit(make_eval_step(single_space)), ...)`.
+  `evaluate(single_space, parallel.jit(make_eval_step(single_space)), ...)`.
 
   Args:
     space: the search space built with `bn_axis_name=axis_name` (or None to
@@ -232,14 +232,14 @@ class ParallelEval:
     axis_name: the device axis name `space` was built with.
 
   Call: `(params, alphas, batch, rng, carry) -> (sums, carry)`, batch leaves
-  (B, ...), carry leaves (B, ...) or None, as `jax.jit(make_eval_step(space))`.
+  (B, ...), carry leaves (B, ...) or None, as `parallel.jit(make_eval_step(space))`.
   """
 
   def __init__(self, space, single_space, *, backend: str = "pmap",
                devices: Optional[Sequence[Any]] = None, axis_name: str = parallel.AXIS):
     if backend not in ("pmap", "shard_map"):
       raise ValueError(f"ParallelEval backend must be 'pmap' or 'shard_map', got {backend!r}; "
-                       "on one device use jax.jit(make_eval_step(space)).")
+                       "on one device use jdarts.parallel.jit(make_eval_step(space)).")
     per_device = make_eval_step(space, axis_name=axis_name)
 
     def step(state, batch):
