@@ -101,7 +101,7 @@ def test_parallel_eval_refuses_one_device_backend():
   info = data.get_info("digits")
   space = helpers.make_space(helpers.tiny_model(), image_shape=info.image_shape,
                              num_classes=info.num_classes)
-  with pytest.raises(ValueError, match="jax.jit"):
+  with pytest.raises(ValueError, match=r"parallel\.jit\(make_eval_step"):
     evaluation.ParallelEval(space, space, backend="none")
 
 
