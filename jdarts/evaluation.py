@@ -151,8 +151,7 @@ def distinct_batches(eval_batches: Dict[str, Callable[[], Any]], batch_size: int
       picks = [b for b in [next(iter(it), None)] if b is not None]
     for batch in picks:
       batch, carry = unpadded(batch, space.init_carry(batch_size))
-      leaves, tree = jax.tree_util.tree_flatten((batch, carry))
-      key = (tree, tuple((np.shape(x), str(getattr(x, 'dtype', type(x)))) for x in leaves))
+      key = parallel.signature((batch, carry))
       if key not in seen:
         seen.add(key)
         out.append((batch, carry))

@@ -57,6 +57,14 @@ def default_compiler_options(platform: Optional[str] = None) -> Dict[str, str]:
   return dict(_KEEP_BARRIERS) if (platform or jax.default_backend()) == "cpu" else {}
 
 
+def signature(tree) -> tuple:
+  """What `jax.jit` compiles one program per: the tree's structure and each leaf's
+  shape, dtype and weak type (arrays, numpy arrays or Python scalars)."""
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  return treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
+                         getattr(x, "weak_type", False)) for x in leaves)
+
+
 def jit(fun: Callable, **kwargs) -> Callable:
   """`jax.jit(fun, **kwargs)` compiled with `default_compiler_options()`, as the steps are."""
   return jax.jit(fun, compiler_options=default_compiler_options() or None, **kwargs)
@@ -242,9 +250,7 @@ class _PmapWithOptions:
     self._pmapped, self._options, self._compiled = pmapped, dict(options), {}
 
   def __call__(self, *args):
-    leaves, tree = jax.tree_util.tree_flatten(args)
-    key = (tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
-                        getattr(x, "weak_type", False)) for x in leaves))
+    key = signature(args)
     compiled = self._compiled.get(key)
     if compiled is None:
       compiled = self._compiled[key] = self._pmapped.lower(*args).compile(
