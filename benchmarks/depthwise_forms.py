@@ -8,9 +8,11 @@ and sep_conv's first layers), times the gradient of sum(tanh(conv(x, w))) w.r.t.
 x and w (min of `--repeats` after a compile) for each form:
 
 * `dense`: `ops.depthwise_conv_dense`, one dense convolution with a
-  block-diagonal kernel (the CPU default, C times the work);
+  block-diagonal kernel (C times the work);
 * `xla`: XLA's grouped convolution (`feature_group_count=C`);
 * `shift`: `ops.depthwise_conv_shift`, a sum of k*k shifted slices;
+* `fused`: `ops.depthwise_conv_fused` (the CPU default), shift-and-add forward
+  and input gradient, the dense form's kernel gradient;
 * `blocks<g>`: separate dense convolutions over g-channel blocks, concatenated;
 * `grouped<g>`: the block-diagonal kernel as one grouped convolution of g-channel groups.
 
@@ -64,14 +66,16 @@ def form_fn(name: str, pad: int, dil: int, C: int):
     return lambda x, w: _conv(x, w, pad, dil, groups=C)
   if name == "shift":
     return lambda x, w: ops.depthwise_conv_shift(x, w, 1, pad, dil)
+  if name == "fused":
+    return lambda x, w: ops.depthwise_conv_fused(x, w, 1, pad, dil)
   for prefix, fn in (("blocks", blocks), ("grouped", grouped)):
     if name.startswith(prefix):
       g = int(name[len(prefix):])
       if g >= C or C % g:
         return None
       return lambda x, w, g=g, fn=fn: fn(x, w, pad, dil, g)
-  raise SystemExit(f"depthwise_forms: error: unknown form {name!r}; choose dense, xla, "
-                   "shift, blocks<g>, grouped<g>.")
+  raise SystemExit(f"depthwise_forms: error: unknown form {name!r}; choose dense, fused, "
+                   "xla, shift, blocks<g>, grouped<g>.")
 
 
 def measure(f, x, w, repeats: int):
@@ -92,7 +96,7 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--shapes", default="64x32x16,64x16x32,64x8x64,16x32x8",
                   help="comma-separated NxHxC inputs")
-  ap.add_argument("--forms", default="dense,xla,shift,blocks16,grouped16")
+  ap.add_argument("--forms", default="dense,fused,xla,shift,blocks16,grouped16")
   ap.add_argument("--repeats", type=int, default=5)
   args = ap.parse_args(argv)
   forms = [f for f in args.forms.split(",") if f]

@@ -17,16 +17,18 @@ Two details that matter for faithfulness and speed:
   a search network has only `params`. With `opts.bn_axis_name` set, the batch
   moments are averaged over that device axis, so statistics are those of the
   global batch exactly as on one device.
-* Depthwise convolutions have two implementations with identical parameters:
+* Depthwise convolutions have four implementations with identical parameters:
   XLA's grouped convolution (`'xla'`), a sum of k*k shifted, scaled copies of
-  the input (`'shift'`) and a dense convolution with a block-diagonal kernel
-  (`'dense'`). XLA:CPU runs grouped convolutions slowly, so `'auto'` picks
-  `'dense'` on CPU (at widths up to 128) and `'xla'` on GPU/TPU (measurements
-  in benchmarks/RESULTS.md).
+  the input (`'shift'`), a dense convolution with a block-diagonal kernel
+  (`'dense'`) and the shift-and-add forward and input gradient with the
+  dense form's kernel gradient (`'fused'`, a `jax.custom_vjp`). XLA:CPU runs
+  grouped convolutions slowly, so `'auto'` picks `'fused'` on CPU (at widths
+  up to 128) and `'xla'` on GPU/TPU (measurements in benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
@@ -36,7 +38,7 @@ from jax import lax
 
 from jdarts.config_lib import ConfigError
 
-DEPTHWISE_IMPLS = ("auto", "xla", "shift", "dense")
+DEPTHWISE_IMPLS = ("auto", "xla", "shift", "dense", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +46,8 @@ class OpOptions:
   """Options shared by every operation of a network.
 
   Attributes:
-    depthwise: 'auto' | 'xla' | 'shift' | 'dense': depthwise convolution
-      implementation (see `DepthwiseConv`).
+    depthwise: 'auto' | 'xla' | 'shift' | 'dense' | 'fused': depthwise
+      convolution implementation (see `DepthwiseConv`).
     track_running_stats: False for search networks (batch statistics only, no
       state); True for evaluation networks (running averages in the
       'batch_stats' collection, used when `train=False`).
@@ -73,23 +75,25 @@ class OpOptions:
     check_init(self.init)
 
 
-# Above this width the block-diagonal kernel's C-fold extra work outweighs
-# XLA:CPU's slow grouped convolution (benchmarks/RESULTS.md).
+# Above this width the fused form's dense kernel gradient (C times the
+# work of a depthwise one) outweighs XLA:CPU's slow grouped convolution.
 DENSE_DEPTHWISE_MAX_CHANNELS = 128
 
 
 def resolve_depthwise(impl: str, channels: int = 0) -> str:
   """Maps 'auto' to the faster implementation for the default backend and width.
 
-  On CPU the dense block-diagonal form is fastest at small widths and compiles
-  as fast as one convolution; shift-and-add runs fast but compiles ~4x slower
-  per op, which dominates whole-supernet compile time. GPUs/TPUs have fast
-  native depthwise kernels.
+  On CPU: 'fused' (`depthwise_conv_fused`). Against the dense block-diagonal
+  form (the default before it) it ran the DARTS supernet's weight step 1.5x
+  and its first-order architecture step 1.7x faster at the small benchmark
+  setting, but compiles ~1.5x longer (k*k slices per convolution where the
+  dense form has one op); pick `'dense'` where compile time dominates (a
+  run of a few hundred steps). GPUs/TPUs have fast native depthwise kernels.
   """
   if impl != "auto":
     return impl
   if jax.default_backend() == "cpu":
-    return "dense" if channels <= DENSE_DEPTHWISE_MAX_CHANNELS else "xla"
+    return "fused" if channels <= DENSE_DEPTHWISE_MAX_CHANNELS else "xla"
   return "xla"
 
 
@@ -249,6 +253,113 @@ def depthwise_conv_dense(x, kernel, stride: int, padding: int, dilation: int):
       rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
+  """sum_{i,j} kernel[i, j] * xp[:, i d + s h, j d + s w, :]: a depthwise correlation.
+
+  Args:
+    xp: (N, Hp, Wp, C), already padded.
+    kernel: (k, k, 1, C).
+    out_hw: (H_out, W_out).
+    stride, dilation: s and d above.
+
+  Returns:
+    (N, H_out, W_out, C). Written with one `lax` op per tap and step (a
+    strided slice, a multiply, an add): the supernet holds ~100 of these
+    convolutions, and every traced equation costs tracing and XLA compile
+    time.
+  """
+  N, _, _, C = xp.shape
+  k = kernel.shape[0]
+  Ho, Wo = out_hw
+  taps = lax.split(kernel.astype(xp.dtype).reshape(k * k, 1, 1, C), (1,) * (k * k))
+  out = None
+  for i in range(k):
+    for j in range(k):
+      r, c = i * dilation, j * dilation
+      patch = lax.slice(xp, (0, r, c, 0),
+                        (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
+                        (1, stride, stride, 1))
+      term = lax.mul(patch, taps[i * k + j])
+      out = term if out is None else lax.add(out, term)
+  return out
+
+
+def _depthwise_fused_forward(x, kernel, stride: int, padding: int, dilation: int):
+  k = kernel.shape[0]
+  N, H, W, C = x.shape
+  Ho = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  Wo = (W + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  xp = lax.pad(x, jnp.array(0, x.dtype),
+               ((0, 0, 0), (padding, padding, 0), (padding, padding, 0), (0, 0, 0)))
+  return _tap_sum(xp, kernel, (Ho, Wo), stride, dilation)
+
+
+def _depthwise_input_grad(g, kernel, x_shape, stride: int, padding: int, dilation: int):
+  """The input gradient of a depthwise correlation, itself a stride-1 tap sum.
+
+  out[h] = sum_a w[a] xpad[h s + a d] transposes to
+  dx[i] = sum_a w[k-1-a] gu[i + a d - ((k-1) d - p)], gu being g with s-1
+  zeros between its rows and columns: a tap sum of gu (padded by
+  (k-1) d - p) with the flipped kernel, which XLA fuses into one loop as it
+  does the forward.
+  """
+  _, H, W, _ = x_shape
+  k = kernel.shape[0]
+  lo = (k - 1) * dilation - padding
+  hi_h = H + (k - 1) * dilation - lo - ((g.shape[1] - 1) * stride + 1)
+  hi_w = W + (k - 1) * dilation - lo - ((g.shape[2] - 1) * stride + 1)
+  gp = lax.pad(g, jnp.array(0, g.dtype),
+               ((0, 0, 0), (lo, hi_h, stride - 1), (lo, hi_w, stride - 1), (0, 0, 0)))
+  return _tap_sum(gp, lax.rev(kernel, (0, 1)), (H, W), 1, dilation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise_conv_fused(x, kernel, stride: int, padding: int, dilation: int):
+  """Depthwise convolution: tap-sum forward and input gradient, dense kernel gradient.
+
+  The forward pass and the input gradient are each a sum of k*k shifted
+  slices, which XLA fuses into one loop doing the true depthwise work; only
+  the kernel gradient takes the dense block-diagonal form's route (one dense
+  convolution through XLA:CPU's fast library, whose C x C kernel gradient's
+  diagonal is the depthwise one). Plain autodiff of `depthwise_conv_shift`
+  would keep every tap's slice for the backward pass and reduce k*k times;
+  the dense form does C times the work in all three convolutions. Same
+  arguments and result as `depthwise_conv_shift`. Differentiable to any
+  order in reverse mode and forward-over-reverse (the backward rule is
+  ordinary JAX); not in forward mode alone (a `jax.custom_vjp` function
+  has no jvp rule).
+  """
+  return _depthwise_fused_forward(x, kernel, stride, padding, dilation)
+
+
+def _depthwise_fused_fwd(x, kernel, stride, padding, dilation):
+  # Not `depthwise_conv_fused` itself: under an outer jvp (forward-over-
+  # reverse) this rule runs on tangents, which a custom_vjp function rejects.
+  return _depthwise_fused_forward(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _depthwise_fused_bwd(stride, padding, dilation, residuals, g):
+  x, kernel = residuals
+  C, k = x.shape[-1], kernel.shape[0]
+  dx = _depthwise_input_grad(g, kernel, x.shape, stride, padding, dilation)
+  # Materialised on its own: left to itself XLA fuses the k*k-tap sum into
+  # the consumers that add up the input's gradients (pooling's, the skip's),
+  # and that one large fusion ran 1.5-2x slower than the parts
+  # (benchmarks/RESULTS.md).
+  dx = lax.optimization_barrier(dx)
+  _, pullback = jax.vjp(
+      lambda full: lax.conv_general_dilated(
+          x, full, (stride, stride), ((padding, padding), (padding, padding)),
+          rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC")),
+      jnp.zeros((k, k, C, C), x.dtype))
+  full_grad, = pullback(g)
+  dkernel = jnp.diagonal(full_grad, axis1=2, axis2=3)[:, :, None, :]
+  return dx, dkernel.astype(kernel.dtype)
+
+
+depthwise_conv_fused.defvjp(_depthwise_fused_fwd, _depthwise_fused_bwd)
+
+
 class _KernelHolder(nn.Module):
   """Owns a conv kernel at the path an `nn.Conv` would (`<name>/kernel`)."""
   shape: Tuple[int, ...]
@@ -260,7 +371,7 @@ class _KernelHolder(nn.Module):
 
 
 class DepthwiseConv(nn.Module):
-  """k x k depthwise convolution, no bias; parameters identical for both impls."""
+  """k x k depthwise convolution, no bias; parameters identical for every impl."""
   kernel_size: int
   stride: int = 1
   padding: int = 0
@@ -281,6 +392,8 @@ class DepthwiseConv(nn.Module):
                            conv_init(self.opts, C), name="conv")()
     if impl == "dense":
       return depthwise_conv_dense(x, kernel, self.stride, self.padding, self.dilation)
+    if impl == "fused":
+      return depthwise_conv_fused(x, kernel, self.stride, self.padding, self.dilation)
     return depthwise_conv_shift(x, kernel, self.stride, self.padding, self.dilation)
 
 

@@ -140,7 +140,7 @@ def test_depthwise_forms_compute_the_depthwise_convolution():
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     want = sum(xp[:, i * dil:i * dil + 6, j * dil:j * dil + 6, :] * w[i, j, 0]
                for i in range(k) for j in range(k))
-    for name in ("dense", "xla", "shift", "blocks4", "grouped4"):
+    for name in ("dense", "fused", "xla", "shift", "blocks4", "grouped4"):
       got = depthwise_forms.form_fn(name, pad, dil, 8)(jnp.asarray(x), jnp.asarray(w))
       np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4, err_msg=name)
   assert depthwise_forms.form_fn("blocks8", 2, 1, 8) is None  # one block: dense itself

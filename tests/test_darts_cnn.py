@@ -316,7 +316,7 @@ BAD_MODEL_VALUES = [
     ("mixing", "softmx",
      r"model\.mixing='softmx' is unknown \(did you mean 'softmax'\?\); .*softmax, sigmoid, max_w"),
     ("dtype", "float16", r"model\.dtype='float16'; .*float32, bfloat16, float64"),
-    ("depthwise", "fast", r"model\.depthwise='fast'; .*auto, xla, shift, dense"),
+    ("depthwise", "fast", r"model\.depthwise='fast'; .*auto, xla, shift, dense, fused"),
     ("alpha_init_scale", -1e-3, r"model\.alpha_init_scale=-0\.001; .*finite number >= 0"),
     ("alpha_init_scale", float("nan"), r"model\.alpha_init_scale=nan; .*finite"),
     ("alpha_init_scale", float("inf"), r"model\.alpha_init_scale=inf; .*finite"),

@@ -238,16 +238,64 @@ def test_depthwise_implementations_match_numpy(x64, k, stride, padding, dilation
 
 
 def test_depthwise_float32_implementations_agree():
-  """float32 forward of the three implementations agree, on a paper-sized kernel."""
+  """float32 forward of the implementations agree, on a paper-sized kernel."""
   rng = np.random.RandomState(0)
   x = jnp.asarray(rng.randn(1, 8, 8, 4), jnp.float32)
   kernel = rng.randn(5, 5, 1, 4).astype(np.float32)
   want, _ = np_depthwise(np.asarray(x, np.float64), kernel.astype(np.float64), 2, 4, 2)
-  for impl in ("xla", "shift", "dense"):
+  for impl in ("xla", "shift", "dense", "fused"):
     module = ops.DepthwiseConv(5, 2, 4, 2, ops.OpOptions(depthwise=impl))
     y = module.apply({"params": {"conv": {"kernel": kernel}}}, x)
     assert y.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-5, err_msg=impl)
+
+
+@pytest.mark.parametrize("k,stride,padding,dilation", [(5, 1, 2, 1), (3, 2, 2, 2)])
+def test_fused_depthwise_second_derivatives_match_autodiff(x64, k, stride, padding, dilation):
+  """The fused form's hand-written backward rule differentiates like XLA's own conv.
+
+  The exact-HVP estimator takes jvp of grad (forward-over-reverse) and the
+  unrolled one grad of grad; both go through the custom_vjp's backward rule.
+  Reference: plain autodiff of XLA's grouped convolution, float64.
+  """
+  rng = np.random.RandomState(k + stride)
+  x = jnp.asarray(rng.randn(2, 9, 8, 3))
+  w = jnp.asarray(rng.randn(k, k, 1, 3))
+  v = (jnp.asarray(rng.randn(*x.shape)), jnp.asarray(rng.randn(*w.shape)))
+
+  def derivatives(conv):
+    f = lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+    grad = jax.grad(f, argnums=(0, 1))
+    hvp = jax.jvp(grad, (x, w), v)[1]
+    grad_of_grad = jax.grad(lambda x, w: jnp.sum(jax.grad(f, 1)(x, w) ** 2), (0, 1))(x, w)
+    return grad(x, w) + hvp + grad_of_grad
+
+  xla = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (stride, stride), ((padding, padding),) * 2, rhs_dilation=(dilation, dilation),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=3)
+  want = derivatives(xla)
+  got = jax.jit(lambda: derivatives(
+      lambda x, w: ops.depthwise_conv_fused(x, w, stride, padding, dilation)))()
+  for name, a, b in zip(("dx", "dw", "hvp_x", "hvp_w", "ggx", "ggw"), got, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10,
+                               err_msg=name)
+
+
+def test_fused_depthwise_keeps_dtypes_in_bfloat16():
+  """bfloat16 compute: the input gradient is bfloat16, the kernel's float32 (its param)."""
+  rng = np.random.RandomState(1)
+  x = jnp.asarray(rng.randn(2, 8, 8, 4), jnp.float32)
+  params = {"params": {"conv": {"kernel": jnp.asarray(rng.randn(3, 3, 1, 4), jnp.float32)}}}
+  grads = {}
+  for impl, dtype in (("fused", jnp.bfloat16), ("dense", jnp.float32)):
+    module = ops.DepthwiseConv(3, 2, 1, 1, ops.OpOptions(depthwise=impl, dtype=dtype))
+    loss = lambda p, xx, m=module: jnp.sum(jnp.tanh(m.apply(p, xx).astype(jnp.float32)))
+    grads[impl] = jax.grad(lambda p, xx: loss(p, xx.astype(dtype)), (0, 1))(params, x)
+  (dp, dx), (dp32, dx32) = grads["fused"], grads["dense"]
+  assert dp["params"]["conv"]["kernel"].dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(dx), np.asarray(dx32), rtol=0.05, atol=0.05)
+  np.testing.assert_allclose(np.asarray(dp["params"]["conv"]["kernel"]),
+                             np.asarray(dp32["params"]["conv"]["kernel"]), rtol=0.05, atol=0.1)
 
 
 def test_unknown_depthwise_impl_is_a_clear_error():

@@ -105,7 +105,7 @@ def depthwise_shared_input(x, kernels, stride: int, padding: int, dilation: int,
     x: (N, H, W, C) input, shared by the k edges.
     kernels: (k, kh, kw, 1, C) per-edge depthwise kernels, stacked.
     stride, padding, dilation: as for a convolution (symmetric padding).
-    impl: 'xla' | 'shift' | 'dense' (see `ops.DepthwiseConv`).
+    impl: 'xla' | 'shift' | 'dense' | 'fused' (see `ops.DepthwiseConv`).
 
   Returns:
     (k, N, H_out, W_out, C), edge-major: [e] is edge e's convolution.
@@ -125,6 +125,10 @@ def depthwise_shared_input(x, kernels, stride: int, padding: int, dilation: int,
     full = jnp.transpose(full, (1, 2, 3, 0, 4)).reshape(kh, kw, C, k * C)
     y = _conv(x, full, stride, padding, dilation, groups=1)
     return jnp.moveaxis(y.reshape(y.shape[:3] + (k, C)), 3, 0)
+  if impl == "fused":
+    # One tap-sum convolution per edge: its backward rule is per kernel.
+    return jnp.stack([ops.depthwise_conv_fused(x, kernels[e], stride, padding, dilation)
+                      for e in range(k)])
   if impl == "shift":
     # A sum of kh*kw shifted copies, each scaled by the k edges' taps at once.
     out = None
@@ -147,11 +151,12 @@ def depthwise_per_edge(x, kernels, stride: int, padding: int, dilation: int, imp
     (k, N, H_out, W_out, C).
   """
   k, kh, kw, _, C = kernels.shape
-  if impl == "dense":
-    # One block-diagonal convolution per edge: over all k*C channels at once
-    # the kernel would be k times larger and mostly zeros (k times the work).
-    return jnp.stack([ops.depthwise_conv_dense(x[e], kernels[e], stride, padding, dilation)
-                      for e in range(k)])
+  if impl in ("dense", "fused"):
+    # One convolution per edge: over all k*C channels at once the dense
+    # form's kernel would be k times larger and mostly zeros (k times the
+    # work), and the fused form's backward rule is per kernel.
+    conv = ops.depthwise_conv_dense if impl == "dense" else ops.depthwise_conv_fused
+    return jnp.stack([conv(x[e], kernels[e], stride, padding, dilation) for e in range(k)])
   kernels = kernels.astype(x.dtype)
   if impl == "shift":
     # The edges ride in the batch axis; each tap scales edge e by its own kernel.
@@ -413,8 +418,9 @@ class SourceEdges(nn.Module):
     """
     if not convs:
       return []
-    # Per-edge widths decide 'auto', as for MixedOp: the 'dense' form costs
-    # C times a true depthwise convolution whether the edges are batched or not.
+    # Per-edge widths decide 'auto', as for MixedOp: the 'dense' form (and
+    # the fused form's kernel gradient) cost C times a true depthwise
+    # convolution whether the edges are batched or not.
     impl = ops.resolve_depthwise(self.opts.depthwise, self.C)
     leaf = lambda i, layer, path: convs[i][2][_conv_layer_prefix(convs[i][1], layer) + path]
     dw = lambda i, layer: leaf(i, layer, "DepthwiseConv_0/conv/kernel")
