@@ -294,6 +294,13 @@ def _depthwise_fused_forward(x, kernel, stride: int, padding: int, dilation: int
   return _tap_sum(xp, kernel, (Ho, Wo), stride, dilation)
 
 
+def _input_grad_padding(g_hw, x_hw, k: int, stride: int, padding: int, dilation: int):
+  """(low, high) padding per spatial axis of the cotangent in `_depthwise_input_grad`."""
+  lo = (k - 1) * dilation - padding
+  return tuple((lo, n + (k - 1) * dilation - lo - ((m - 1) * stride + 1))
+               for m, n in zip(g_hw, x_hw))
+
+
 def _depthwise_input_grad(g, kernel, x_shape, stride: int, padding: int, dilation: int):
   """The input gradient of a depthwise correlation, itself a stride-1 tap sum.
 
@@ -305,15 +312,54 @@ def _depthwise_input_grad(g, kernel, x_shape, stride: int, padding: int, dilatio
   """
   _, H, W, _ = x_shape
   k = kernel.shape[0]
-  lo = (k - 1) * dilation - padding
-  hi_h = H + (k - 1) * dilation - lo - ((g.shape[1] - 1) * stride + 1)
-  hi_w = W + (k - 1) * dilation - lo - ((g.shape[2] - 1) * stride + 1)
+  (lh, hh), (lw, hw) = _input_grad_padding(g.shape[1:3], (H, W), k, stride, padding, dilation)
   gp = lax.pad(g, jnp.array(0, g.dtype),
-               ((0, 0, 0), (lo, hi_h, stride - 1), (lo, hi_w, stride - 1), (0, 0, 0)))
-  return _tap_sum(gp, lax.rev(kernel, (0, 1)), (H, W), 1, dilation)
+               ((0, 0, 0), (lh, hh, stride - 1), (lw, hw, stride - 1), (0, 0, 0)))
+  # Materialised on its own: left to itself XLA fuses the k*k-tap sum into
+  # the consumers that add up the input's gradients (pooling's, the skip's),
+  # and that one large fusion ran 1.5-2x slower than the parts
+  # (benchmarks/RESULTS.md).
+  return lax.optimization_barrier(_tap_sum(gp, lax.rev(kernel, (0, 1)), (H, W), 1, dilation))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise_input_grad_transpose(u, kernel, out_hw, stride: int, padding: int,
+                                    dilation: int):
+  """The transpose of `_depthwise_input_grad` (in g), i.e. the convolution itself.
+
+  Written op by op as the transpose (a zero-padded copy per tap instead of a
+  slice, a strided slice instead of the interior padding) so that JAX's own
+  transposition, in reverse mode, gives back `_depthwise_input_grad`'s slices
+  of one padded array.
+
+  Args:
+    u: (N, H, W, C), shaped like the convolution's input.
+    kernel: (k, k, 1, C).
+    out_hw: the convolution's (H_out, W_out).
+
+  Returns:
+    (N, H_out, W_out, C).
+  """
+  N, H, W, C = u.shape
+  k = kernel.shape[0]
+  (lh, hh), (lw, hw) = _input_grad_padding(out_hw, (H, W), k, stride, padding, dilation)
+  Hp = lh + (out_hw[0] - 1) * stride + 1 + hh
+  Wp = lw + (out_hw[1] - 1) * stride + 1 + hw
+  zero = jnp.array(0, u.dtype)
+  u = lax.optimization_barrier(u)
+  taps = lax.split(lax.rev(kernel, (0, 1)).astype(u.dtype).reshape(k * k, 1, 1, C),
+                   (1,) * (k * k))
+  z = None
+  for i in range(k):
+    for j in range(k):
+      r, c = i * dilation, j * dilation
+      term = lax.pad(lax.mul(u, taps[i * k + j]), zero,
+                     ((0, 0, 0), (r, Hp - r - H, 0), (c, Wp - c - W, 0), (0, 0, 0)))
+      z = term if z is None else lax.add(z, term)
+  z = lax.pad(z, zero, ((0, 0, 0), (-lh, -hh, 0), (-lw, -hw, 0), (0, 0, 0)))
+  return lax.slice(z, (0, 0, 0, 0), z.shape, (1, stride, stride, 1))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def depthwise_conv_fused(x, kernel, stride: int, padding: int, dilation: int):
   """Depthwise convolution: tap-sum forward and input gradient, dense kernel gradient.
 
@@ -324,40 +370,34 @@ def depthwise_conv_fused(x, kernel, stride: int, padding: int, dilation: int):
   diagonal is the depthwise one). Plain autodiff of `depthwise_conv_shift`
   would keep every tap's slice for the backward pass and reduce k*k times;
   the dense form does C times the work in all three convolutions. Same
-  arguments and result as `depthwise_conv_shift`. Differentiable to any
-  order in reverse mode and forward-over-reverse (the backward rule is
-  ordinary JAX); not in forward mode alone (a `jax.custom_vjp` function
-  has no jvp rule).
+  arguments and result as `depthwise_conv_shift`.
+
+  A `jax.custom_jvp` whose tangent map JAX transposes into that backward
+  pass, so every transformation works, to any order: reverse mode, forward
+  mode, forward-over-reverse (the exact HVP's jvp of a gradient, even with
+  respect to weights that gradient does not differentiate).
   """
   return _depthwise_fused_forward(x, kernel, stride, padding, dilation)
 
 
-def _depthwise_fused_fwd(x, kernel, stride, padding, dilation):
-  # Not `depthwise_conv_fused` itself: under an outer jvp (forward-over-
-  # reverse) this rule runs on tangents, which a custom_vjp function rejects.
-  return _depthwise_fused_forward(x, kernel, stride, padding, dilation), (x, kernel)
-
-
-def _depthwise_fused_bwd(stride, padding, dilation, residuals, g):
-  x, kernel = residuals
-  C, k = x.shape[-1], kernel.shape[0]
-  dx = _depthwise_input_grad(g, kernel, x.shape, stride, padding, dilation)
-  # Materialised on its own: left to itself XLA fuses the k*k-tap sum into
-  # the consumers that add up the input's gradients (pooling's, the skip's),
-  # and that one large fusion ran 1.5-2x slower than the parts
-  # (benchmarks/RESULTS.md).
-  dx = lax.optimization_barrier(dx)
-  _, pullback = jax.vjp(
-      lambda full: lax.conv_general_dilated(
-          x, full, (stride, stride), ((padding, padding), (padding, padding)),
-          rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC")),
-      jnp.zeros((k, k, C, C), x.dtype))
-  full_grad, = pullback(g)
-  dkernel = jnp.diagonal(full_grad, axis1=2, axis2=3)[:, :, None, :]
-  return dx, dkernel.astype(kernel.dtype)
-
-
-depthwise_conv_fused.defvjp(_depthwise_fused_fwd, _depthwise_fused_bwd)
+@depthwise_conv_fused.defjvp
+def _depthwise_fused_jvp(stride, padding, dilation, primals, tangents):
+  x, kernel = primals
+  x_dot, kernel_dot = tangents
+  y = _depthwise_fused_forward(x, kernel, stride, padding, dilation)
+  # The convolution in x, written as the transpose of its own input
+  # gradient: reverse mode transposes it back into the tap sum of
+  # `_depthwise_input_grad` (slices of one padded array) instead of k*k
+  # zero-padded copies of the cotangent.
+  y_dot = _depthwise_input_grad_transpose(x_dot, kernel, y.shape[1:3], stride, padding,
+                                          dilation)
+  # In the kernel, the dense form: its transpose is one dense kernel gradient.
+  C = x.shape[-1]
+  full_dot = kernel_dot[:, :, 0, :][:, :, None, :].astype(x.dtype) * jnp.eye(C, dtype=x.dtype)
+  y_dot = y_dot + lax.conv_general_dilated(
+      x, full_dot, (stride, stride), ((padding, padding), (padding, padding)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y, y_dot
 
 
 class _KernelHolder(nn.Module):

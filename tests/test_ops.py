@@ -254,9 +254,11 @@ def test_depthwise_float32_implementations_agree():
 def test_fused_depthwise_second_derivatives_match_autodiff(x64, k, stride, padding, dilation):
   """The fused form's hand-written backward rule differentiates like XLA's own conv.
 
-  The exact-HVP estimator takes jvp of grad (forward-over-reverse) and the
-  unrolled one grad of grad; both go through the custom_vjp's backward rule.
-  Reference: plain autodiff of XLA's grouped convolution, float64.
+  The exact-HVP estimator takes jvp of grad (forward-over-reverse), also
+  with respect to inputs the inner gradient does not differentiate (weights
+  under grad_alpha), and the unrolled one grad of grad; all go through the
+  custom_jvp's tangent map and JAX's transpose of it. Reference: plain
+  autodiff of XLA's grouped convolution, float64.
   """
   rng = np.random.RandomState(k + stride)
   x = jnp.asarray(rng.randn(2, 9, 8, 3))
@@ -268,7 +270,9 @@ def test_fused_depthwise_second_derivatives_match_autodiff(x64, k, stride, paddi
     grad = jax.grad(f, argnums=(0, 1))
     hvp = jax.jvp(grad, (x, w), v)[1]
     grad_of_grad = jax.grad(lambda x, w: jnp.sum(jax.grad(f, 1)(x, w) ** 2), (0, 1))(x, w)
-    return grad(x, w) + hvp + grad_of_grad
+    # d/da of f(x, w) * a is f: the inner grad never touches the convolution.
+    outer_only = jax.jvp(lambda x, w: jax.grad(lambda a: a * f(x, w))(1.0), (x, w), v)[1]
+    return grad(x, w) + hvp + grad_of_grad + (outer_only,)
 
   xla = lambda x, w: jax.lax.conv_general_dilated(
       x, w, (stride, stride), ((padding, padding),) * 2, rhs_dilation=(dilation, dilation),
@@ -276,7 +280,7 @@ def test_fused_depthwise_second_derivatives_match_autodiff(x64, k, stride, paddi
   want = derivatives(xla)
   got = jax.jit(lambda: derivatives(
       lambda x, w: ops.depthwise_conv_fused(x, w, stride, padding, dilation)))()
-  for name, a, b in zip(("dx", "dw", "hvp_x", "hvp_w", "ggx", "ggw"), got, want):
+  for name, a, b in zip(("dx", "dw", "hvp_x", "hvp_w", "ggx", "ggw", "outer_jvp"), got, want):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10,
                                err_msg=name)
 
