@@ -431,6 +431,36 @@ def test_remat_saves_memory_in_the_compiled_step():
   assert remat < 0.9 * plain, (remat, plain)
 
 
+def test_fused_depthwise_supernet_equals_the_dense_one(x64):
+  """The fused depthwise form in a whole supernet: loss, both gradients and the
+  exact HVP's mixed product (jvp over the weights of grad_alpha, which reaches
+  convolutions the inner gradient does not) equal the dense form's, float64.
+  Tiny sizes resolve 'auto' to the dense form, so the fused one is named."""
+  info = helpers.image_info()
+  rng = np.random.RandomState(0)
+  batch = {"image": jnp.asarray(rng.randn(2, 8, 8, 3)),
+           "label": jnp.asarray(rng.randint(0, 10, 2), jnp.int32)}
+  fused, dense = (spaces.get_space("darts_cnn", helpers.tiny_model(
+      depthwise=impl, layers=2, dtype="float64"), info) for impl in ("fused", "dense"))
+  params = dense.init(jax.random.PRNGKey(0), batch)
+  alphas = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.randn(*a.shape)),
+                                  dense.init_alphas(jax.random.PRNGKey(1)))
+  v = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.randn(*a.shape), a.dtype), params)
+
+  def derivatives(space):
+    loss = lambda p, a: space.loss(p, a, batch, None, None)[0]
+    grad_alpha = lambda p: jax.grad(loss, argnums=1)(p, alphas)
+    return (jax.value_and_grad(loss, argnums=(0, 1))(params, alphas),
+            jax.jvp(grad_alpha, (params,), (v,))[1])
+  got, want = parallel.jit(lambda: derivatives(fused))(), parallel.jit(
+      lambda: derivatives(dense))()
+  leaves = jax.tree_util.tree_leaves
+  assert len(leaves(got)) == len(leaves(want))
+  for a, b in zip(leaves(got), leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-11)
+  assert max(float(jnp.abs(a).max()) for a in leaves(want[1])) > 0  # not trivially zero
+
+
 @pytest.mark.slow
 def test_remat_is_the_same_function():
   # model.remat only changes what the backward pass stores: the loss and every

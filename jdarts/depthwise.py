@@ -1,0 +1,282 @@
+"""Depthwise convolutions in four forms with one parameter layout, and which one 'auto' means.
+
+Every form takes x (N, H, W, C), a kernel (k, k, 1, C) (the layout of
+`nn.Conv(feature_group_count=C)`), a stride, a symmetric padding and a
+dilation, and returns (N, H_out, W_out, C), H_out = (H + 2p - d(k-1) - 1) //
+s + 1:
+
+* `'xla'`: XLA's grouped convolution (`ops.DepthwiseConv` builds it with
+  `nn.Conv`); fast on GPU/TPU, slow on XLA:CPU (a generic loop).
+* `'shift'`: `depthwise_conv_shift`, a sum of k*k shifted, scaled slices;
+  plain autodiff keeps every slice for the backward pass.
+* `'dense'`: `depthwise_conv_dense`, a dense convolution with a
+  block-diagonal kernel: C times the work, through XLA:CPU's fast library,
+  and one op to compile.
+* `'fused'`: `depthwise_conv_fused`, the shift form's forward and input
+  gradient (one fused loop each) with the dense form's kernel gradient.
+
+`resolve_depthwise` maps 'auto' to one of them per convolution.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+DEPTHWISE_IMPLS = ("auto", "xla", "shift", "dense", "fused")
+
+
+# Above this width the fused form's dense kernel gradient (C times the
+# work of a depthwise one) outweighs XLA:CPU's slow grouped convolution.
+DENSE_DEPTHWISE_MAX_CHANNELS = 128
+
+# Below this many input elements (N*H*W*C, per device) a convolution's run
+# time is too small for the fused form to pay back its longer compile.
+FUSED_DEPTHWISE_MIN_ELEMENTS = 32768
+
+
+def resolve_depthwise(impl: str, channels: int = 0, elements: int = 0) -> str:
+  """Maps 'auto' to the implementation that finishes sooner here; others pass through.
+
+  Args:
+    impl: `DEPTHWISE_IMPLS` member.
+    channels: C of the convolution.
+    elements: N*H*W*C of its input (0: unknown, taken as large).
+
+  GPU/TPU: 'xla' (native depthwise kernels). CPU: 'fused' where the
+  convolution is large enough for its run time to matter, 'dense' below
+  `FUSED_DEPTHWISE_MIN_ELEMENTS` input elements (the fused form compiles
+  ~1.5x longer: k*k slices per convolution where the dense form has one
+  op), 'xla' above `DENSE_DEPTHWISE_MAX_CHANNELS` channels. At the small
+  benchmark setting (C=8, 5 cells, batch 16 of 32x32 images: 32k-131k
+  elements) the fused form ran the supernet's weight step 1.5x and its
+  first-order architecture step 1.7x faster than the dense one; the 8x8
+  digits quickstart (<= 16k elements, 72 steps) is compile-bound and keeps
+  the dense form (benchmarks/RESULTS.md).
+  """
+  if impl != "auto":
+    return impl
+  if jax.default_backend() != "cpu":
+    return "xla"
+  if channels > DENSE_DEPTHWISE_MAX_CHANNELS:
+    return "xla"
+  if elements and elements < FUSED_DEPTHWISE_MIN_ELEMENTS:
+    return "dense"
+  return "fused"
+
+
+
+def shifted_taps(x, kh: int, kw: int, stride: int, padding: int, dilation: int):
+  """The strided slices of the padded input that each kernel tap multiplies.
+
+  Args:
+    x: (N, H, W, C) input.
+    kh, kw: kernel height and width.
+    stride, padding, dilation: as for a convolution (symmetric padding).
+
+  Yields:
+    (i, j, patch) for every tap in row-major order, patch (N, H_out, W_out, C)
+    with H_out = (H + 2p - d(kh - 1) - 1) // stride + 1 (W_out likewise).
+  """
+  N, H, W, C = x.shape
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  Ho = (H + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+  Wo = (W + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+  for i in range(kh):
+    for j in range(kw):
+      r, c = i * dilation, j * dilation
+      yield i, j, lax.slice(xp, (0, r, c, 0),
+                            (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
+                            (1, stride, stride, 1))
+
+
+def depthwise_conv_shift(x, kernel, stride: int, padding: int, dilation: int):
+  """Depthwise convolution as a sum of k*k strided slices of the padded input.
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (k, k, 1, C) kernel, the layout of `nn.Conv(feature_group_count=C)`.
+    stride, padding, dilation: as for a convolution (symmetric padding).
+
+  Returns:
+    (N, H_out, W_out, C) with H_out = (H + 2p - d(k - 1) - 1) // stride + 1.
+  """
+  k = kernel.shape[0]
+  kernel = kernel.astype(x.dtype)
+  out = None
+  for i, j, patch in shifted_taps(x, k, k, stride, padding, dilation):
+    term = patch * kernel[i, j, 0]
+    out = term if out is None else out + term
+  return out
+
+
+def depthwise_conv_dense(x, kernel, stride: int, padding: int, dilation: int):
+  """Depthwise convolution as a dense convolution with a block-diagonal kernel.
+
+  C times the multiply-adds of a true depthwise convolution, but XLA:CPU runs
+  dense convolutions through its optimised library and grouped ones through a
+  slow generic loop, so at the small widths of CPU searches this is faster,
+  and it compiles as quickly as one convolution. Same arguments and result as
+  `depthwise_conv_shift`.
+  """
+  C = x.shape[-1]
+  full = kernel[:, :, 0, :][:, :, None, :] * jnp.eye(C, dtype=kernel.dtype)
+  return lax.conv_general_dilated(
+      x, full.astype(x.dtype), (stride, stride), ((padding, padding), (padding, padding)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
+  """sum_{i,j} kernel[i, j] * xp[:, i d + s h, j d + s w, :]: a depthwise correlation.
+
+  Args:
+    xp: (N, Hp, Wp, C), already padded.
+    kernel: (k, k, 1, C).
+    out_hw: (H_out, W_out).
+    stride, dilation: s and d above.
+
+  Returns:
+    (N, H_out, W_out, C). Written with one `lax` op per tap and step (a
+    strided slice, a multiply, an add): the supernet holds ~100 of these
+    convolutions, and every traced equation costs tracing and XLA compile
+    time.
+  """
+  N, _, _, C = xp.shape
+  k = kernel.shape[0]
+  Ho, Wo = out_hw
+  taps = lax.split(kernel.astype(xp.dtype).reshape(k * k, 1, 1, C), (1,) * (k * k))
+  out = None
+  for i in range(k):
+    for j in range(k):
+      r, c = i * dilation, j * dilation
+      patch = lax.slice(xp, (0, r, c, 0),
+                        (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
+                        (1, stride, stride, 1))
+      term = lax.mul(patch, taps[i * k + j])
+      out = term if out is None else lax.add(out, term)
+  return out
+
+
+def _depthwise_fused_forward(x, kernel, stride: int, padding: int, dilation: int):
+  k = kernel.shape[0]
+  N, H, W, C = x.shape
+  Ho = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  Wo = (W + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  xp = lax.pad(x, jnp.array(0, x.dtype),
+               ((0, 0, 0), (padding, padding, 0), (padding, padding, 0), (0, 0, 0)))
+  return _tap_sum(xp, kernel, (Ho, Wo), stride, dilation)
+
+
+def _input_grad_padding(g_hw, x_hw, k: int, stride: int, padding: int, dilation: int):
+  """(low, high) padding per spatial axis of the cotangent in `_depthwise_input_grad`."""
+  lo = (k - 1) * dilation - padding
+  return tuple((lo, n + (k - 1) * dilation - lo - ((m - 1) * stride + 1))
+               for m, n in zip(g_hw, x_hw))
+
+
+def _depthwise_input_grad(g, kernel, x_shape, stride: int, padding: int, dilation: int):
+  """The input gradient of a depthwise correlation, itself a stride-1 tap sum.
+
+  out[h] = sum_a w[a] xpad[h s + a d] transposes to
+  dx[i] = sum_a w[k-1-a] gu[i + a d - ((k-1) d - p)], gu being g with s-1
+  zeros between its rows and columns: a tap sum of gu (padded by
+  (k-1) d - p) with the flipped kernel, which XLA fuses into one loop as it
+  does the forward.
+  """
+  _, H, W, _ = x_shape
+  k = kernel.shape[0]
+  (lh, hh), (lw, hw) = _input_grad_padding(g.shape[1:3], (H, W), k, stride, padding, dilation)
+  gp = lax.pad(g, jnp.array(0, g.dtype),
+               ((0, 0, 0), (lh, hh, stride - 1), (lw, hw, stride - 1), (0, 0, 0)))
+  # Materialised on its own: left to itself XLA fuses the k*k-tap sum into
+  # the consumers that add up the input's gradients (pooling's, the skip's),
+  # and that one large fusion ran 1.5-2x slower than the parts
+  # (benchmarks/RESULTS.md).
+  return lax.optimization_barrier(_tap_sum(gp, lax.rev(kernel, (0, 1)), (H, W), 1, dilation))
+
+
+def _depthwise_input_grad_transpose(u, kernel, out_hw, stride: int, padding: int,
+                                    dilation: int):
+  """The transpose of `_depthwise_input_grad` (in g), i.e. the convolution itself.
+
+  Written op by op as the transpose (a zero-padded copy per tap instead of a
+  slice, a strided slice instead of the interior padding) so that JAX's own
+  transposition, in reverse mode, gives back `_depthwise_input_grad`'s slices
+  of one padded array.
+
+  Args:
+    u: (N, H, W, C), shaped like the convolution's input.
+    kernel: (k, k, 1, C).
+    out_hw: the convolution's (H_out, W_out).
+
+  Returns:
+    (N, H_out, W_out, C).
+  """
+  N, H, W, C = u.shape
+  k = kernel.shape[0]
+  (lh, hh), (lw, hw) = _input_grad_padding(out_hw, (H, W), k, stride, padding, dilation)
+  Hp = lh + (out_hw[0] - 1) * stride + 1 + hh
+  Wp = lw + (out_hw[1] - 1) * stride + 1 + hw
+  zero = jnp.array(0, u.dtype)
+  u = lax.optimization_barrier(u)
+  taps = lax.split(lax.rev(kernel, (0, 1)).astype(u.dtype).reshape(k * k, 1, 1, C),
+                   (1,) * (k * k))
+  z = None
+  for i in range(k):
+    for j in range(k):
+      r, c = i * dilation, j * dilation
+      term = lax.pad(lax.mul(u, taps[i * k + j]), zero,
+                     ((0, 0, 0), (r, Hp - r - H, 0), (c, Wp - c - W, 0), (0, 0, 0)))
+      z = term if z is None else lax.add(z, term)
+  z = lax.pad(z, zero, ((0, 0, 0), (-lh, -hh, 0), (-lw, -hw, 0), (0, 0, 0)))
+  return lax.slice(z, (0, 0, 0, 0), z.shape, (1, stride, stride, 1))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def depthwise_conv_fused(x, kernel, stride: int, padding: int, dilation: int):
+  """Depthwise convolution: tap-sum forward and input gradient, dense kernel gradient.
+
+  The forward pass and the input gradient are each a sum of k*k shifted
+  slices, which XLA fuses into one loop doing the true depthwise work; only
+  the kernel gradient takes the dense block-diagonal form's route (one dense
+  convolution through XLA:CPU's fast library, whose C x C kernel gradient's
+  diagonal is the depthwise one). Plain autodiff of `depthwise_conv_shift`
+  would keep every tap's slice for the backward pass and reduce k*k times;
+  the dense form does C times the work in all three convolutions. Same
+  arguments and result as `depthwise_conv_shift`.
+
+  A `jax.custom_jvp` whose tangent map JAX transposes into that backward
+  pass, so every transformation works, to any order: reverse mode, forward
+  mode, forward-over-reverse (the exact HVP's jvp of a gradient, even with
+  respect to weights that gradient does not differentiate).
+  """
+  return _depthwise_fused_forward(x, kernel, stride, padding, dilation)
+
+
+@depthwise_conv_fused.defjvp
+def _depthwise_fused_jvp(stride, padding, dilation, primals, tangents):
+  x, kernel = primals
+  x_dot, kernel_dot = tangents
+  y = _depthwise_fused_forward(x, kernel, stride, padding, dilation)
+  # The convolution in x, written as the transpose of its own input
+  # gradient: reverse mode transposes it back into the tap sum of
+  # `_depthwise_input_grad` (slices of one padded array) instead of k*k
+  # zero-padded copies of the cotangent.
+  y_dot = _depthwise_input_grad_transpose(x_dot, kernel, y.shape[1:3], stride, padding,
+                                          dilation)
+  # In the kernel, the dense form: its transpose is one dense kernel gradient.
+  C = x.shape[-1]
+  full_dot = kernel_dot[:, :, 0, :][:, :, None, :].astype(x.dtype) * jnp.eye(C, dtype=x.dtype)
+  y_dot = y_dot + lax.conv_general_dilated(
+      x, full_dot, (stride, stride), ((padding, padding), (padding, padding)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y, y_dot
+
+
+__all__ = [
+    "DEPTHWISE_IMPLS", "DENSE_DEPTHWISE_MAX_CHANNELS", "FUSED_DEPTHWISE_MIN_ELEMENTS",
+    "resolve_depthwise", "shifted_taps", "depthwise_conv_shift", "depthwise_conv_dense",
+    "depthwise_conv_fused",
+]
