@@ -8,10 +8,10 @@ and sep_conv's first layers), times the gradient of sum(tanh(conv(x, w))) w.r.t.
 x and w (min of `--repeats` after a compile) for each form:
 
 * `dense`: `ops.depthwise_conv_dense`, one dense convolution with a
-  block-diagonal kernel (C times the work);
+  block-diagonal kernel (the CPU default, C times the work);
 * `xla`: XLA's grouped convolution (`feature_group_count=C`);
 * `shift`: `ops.depthwise_conv_shift`, a sum of k*k shifted slices;
-* `fused`: `ops.depthwise_conv_fused` (the CPU default), shift-and-add forward
+* `fused`: `ops.depthwise_conv_fused`, shift-and-add forward
   and input gradient, the dense form's kernel gradient;
 * `blocks<g>`: separate dense convolutions over g-channel blocks, concatenated;
 * `grouped<g>`: the block-diagonal kernel as one grouped convolution of g-channel groups.

@@ -13,7 +13,8 @@ s + 1:
   block-diagonal kernel: C times the work, through XLA:CPU's fast library,
   and one op to compile.
 * `'fused'`: `depthwise_conv_fused`, the shift form's forward and input
-  gradient (one fused loop each) with the dense form's kernel gradient.
+  gradient (one fused loop each) with the dense form's kernel gradient:
+  the fastest on CPU, opt-in (see `resolve_depthwise`).
 
 `resolve_depthwise` maps 'auto' to one of them per convolution.
 """
@@ -28,44 +29,29 @@ from jax import lax
 DEPTHWISE_IMPLS = ("auto", "xla", "shift", "dense", "fused")
 
 
-# Above this width the fused form's dense kernel gradient (C times the
-# work of a depthwise one) outweighs XLA:CPU's slow grouped convolution.
+# Above this width the dense form's C-fold extra work outweighs XLA:CPU's
+# slow grouped convolution (benchmarks/RESULTS.md).
 DENSE_DEPTHWISE_MAX_CHANNELS = 128
 
-# Below this many input elements (N*H*W*C, per device) a convolution's run
-# time is too small for the fused form to pay back its longer compile.
-FUSED_DEPTHWISE_MIN_ELEMENTS = 32768
 
+def resolve_depthwise(impl: str, channels: int = 0) -> str:
+  """Maps 'auto' to a form for the default backend and width; others pass through.
 
-def resolve_depthwise(impl: str, channels: int = 0, elements: int = 0) -> str:
-  """Maps 'auto' to the implementation that finishes sooner here; others pass through.
-
-  Args:
-    impl: `DEPTHWISE_IMPLS` member.
-    channels: C of the convolution.
-    elements: N*H*W*C of its input (0: unknown, taken as large).
-
-  GPU/TPU: 'xla' (native depthwise kernels). CPU: 'fused' where the
-  convolution is large enough for its run time to matter, 'dense' below
-  `FUSED_DEPTHWISE_MIN_ELEMENTS` input elements (the fused form compiles
-  ~1.5x longer: k*k slices per convolution where the dense form has one
-  op), 'xla' above `DENSE_DEPTHWISE_MAX_CHANNELS` channels. At the small
-  benchmark setting (C=8, 5 cells, batch 16 of 32x32 images: 32k-131k
-  elements) the fused form ran the supernet's weight step 1.5x and its
-  first-order architecture step 1.7x faster than the dense one; the 8x8
-  digits quickstart (<= 16k elements, 72 steps) is compile-bound and keeps
-  the dense form (benchmarks/RESULTS.md).
+  GPU/TPU: 'xla' (native depthwise kernels). CPU: 'dense' up to
+  `DENSE_DEPTHWISE_MAX_CHANNELS` channels, 'xla' above. The 'fused' form
+  runs faster on CPU (small benchmark setting, side by side with the
+  reference: weight step 1.67x the reference's speed against the dense
+  form's ~1.16x, first-order architecture step 2.7x, exact HVP 2.1x) but is
+  opt-in: compiling a second-order step with it took 2x longer and
+  ~20 GB of host memory (the finite-difference step's compile was killed
+  on a 24 GiB machine), and it compiles first-order steps ~1.5x longer
+  (benchmarks/RESULTS.md).
   """
   if impl != "auto":
     return impl
-  if jax.default_backend() != "cpu":
-    return "xla"
-  if channels > DENSE_DEPTHWISE_MAX_CHANNELS:
-    return "xla"
-  if elements and elements < FUSED_DEPTHWISE_MIN_ELEMENTS:
-    return "dense"
-  return "fused"
-
+  if jax.default_backend() == "cpu":
+    return "dense" if channels <= DENSE_DEPTHWISE_MAX_CHANNELS else "xla"
+  return "xla"
 
 
 def shifted_taps(x, kh: int, kw: int, stride: int, padding: int, dilation: int):
@@ -276,7 +262,7 @@ def _depthwise_fused_jvp(stride, padding, dilation, primals, tangents):
 
 
 __all__ = [
-    "DEPTHWISE_IMPLS", "DENSE_DEPTHWISE_MAX_CHANNELS", "FUSED_DEPTHWISE_MIN_ELEMENTS",
+    "DEPTHWISE_IMPLS", "DENSE_DEPTHWISE_MAX_CHANNELS",
     "resolve_depthwise", "shifted_taps", "depthwise_conv_shift", "depthwise_conv_dense",
     "depthwise_conv_fused",
 ]

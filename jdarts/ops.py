@@ -192,7 +192,7 @@ class DepthwiseConv(nn.Module):
   @nn.compact
   def __call__(self, x):
     C = x.shape[-1]
-    impl = resolve_depthwise(self.opts.depthwise, C, x.size)
+    impl = resolve_depthwise(self.opts.depthwise, C)
     x = x.astype(self.opts.dtype)
     if impl == "xla":
       return _conv(C, self.kernel_size, self.stride, self.padding, self.dilation,

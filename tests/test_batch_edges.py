@@ -72,7 +72,7 @@ def _assert_same_function(model, tol):
 
 
 def test_batched_cells_compute_the_per_edge_function():
-  """Every DARTS primitive, default (CPU: fused) depthwise, one reduction cell
+  """Every DARTS primitive, default (CPU: dense) depthwise, one reduction cell
   (strided edges from the inputs, unstrided from the nodes, two edges per
   source): logits and gradients agree."""
   _assert_same_function(_tiny(layers=1), tol=1e-5)

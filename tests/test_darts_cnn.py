@@ -434,8 +434,7 @@ def test_remat_saves_memory_in_the_compiled_step():
 def test_fused_depthwise_supernet_equals_the_dense_one(x64):
   """The fused depthwise form in a whole supernet: loss, both gradients and the
   exact HVP's mixed product (jvp over the weights of grad_alpha, which reaches
-  convolutions the inner gradient does not) equal the dense form's, float64.
-  Tiny sizes resolve 'auto' to the dense form, so the fused one is named."""
+  convolutions the inner gradient does not) equal the dense form's, float64."""
   info = helpers.image_info()
   rng = np.random.RandomState(0)
   batch = {"image": jnp.asarray(rng.randn(2, 8, 8, 3)),

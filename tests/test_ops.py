@@ -302,31 +302,22 @@ def test_fused_depthwise_keeps_dtypes_in_bfloat16():
                              np.asarray(dp32["params"]["conv"]["kernel"]), rtol=0.05, atol=0.1)
 
 
-def test_auto_depthwise_picks_by_backend_width_and_size(monkeypatch):
-  """'auto' on CPU: dense below the size threshold (compile-bound), fused above,
-  XLA's grouped conv above 128 channels; on GPU/TPU always XLA's. Named forms
-  pass through."""
+def test_auto_depthwise_picks_by_backend_and_width(monkeypatch):
+  """'auto' on CPU: the dense form up to 128 channels, XLA's grouped conv above;
+  on GPU/TPU always XLA's. Named forms ('fused', opt-in) pass through."""
   from jdarts import depthwise
-  small = depthwise.FUSED_DEPTHWISE_MIN_ELEMENTS - 1
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-  assert depthwise.resolve_depthwise("auto", 8, small) == "dense"
-  assert depthwise.resolve_depthwise("auto", 8, small + 1) == "fused"
-  assert depthwise.resolve_depthwise("auto", 8) == "fused"  # size unknown
-  assert depthwise.resolve_depthwise("auto", 256, 10 ** 6) == "xla"
-  assert depthwise.resolve_depthwise("shift", 8, small) == "shift"
+  assert depthwise.resolve_depthwise("auto", 8) == "dense"
+  assert depthwise.resolve_depthwise("auto", 256) == "xla"
+  assert depthwise.resolve_depthwise("fused", 256) == "fused"
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert depthwise.resolve_depthwise("auto", 8, 10 ** 6) == "xla"
-  # The module resolves with its input's size.
-  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert depthwise.resolve_depthwise("auto", 8) == "xla"
   calls = []
-  for name in ("depthwise_conv_fused", "depthwise_conv_dense"):
-    real = getattr(ops, name)
-    monkeypatch.setattr(ops, name, lambda *a, real=real, name=name: (
-        calls.append(name), real(*a))[1])
-  for n in (16, 1):  # 16 x 32 x 32 x 8 elements, then 1 x 32 x 32 x 8
-    x = jnp.zeros((n, 32, 32, 8), jnp.float32)
-    ops.DepthwiseConv(3, 1, 1, 1).init(jax.random.PRNGKey(0), x)
-  assert calls == ["depthwise_conv_fused", "depthwise_conv_dense"]
+  real = ops.depthwise_conv_fused
+  monkeypatch.setattr(ops, "depthwise_conv_fused", lambda *a: (calls.append(a[2:]), real(*a))[1])
+  ops.DepthwiseConv(3, 2, 1, 1, ops.OpOptions(depthwise="fused")).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)))
+  assert calls == [(2, 1, 1)]
 
 
 def test_unknown_depthwise_impl_is_a_clear_error():

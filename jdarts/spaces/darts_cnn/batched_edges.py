@@ -418,10 +418,10 @@ class SourceEdges(nn.Module):
     """
     if not convs:
       return []
-    # Per-edge widths and sizes decide 'auto', as for MixedOp: the 'dense'
-    # form (and the fused form's kernel gradient) cost C times a true
-    # depthwise convolution whether the edges are batched or not.
-    impl = ops.resolve_depthwise(self.opts.depthwise, self.C, relu_x.size)
+    # Per-edge widths decide 'auto', as for MixedOp: the 'dense' form (and
+    # the fused form's kernel gradient) cost C times a true depthwise
+    # convolution whether the edges are batched or not.
+    impl = ops.resolve_depthwise(self.opts.depthwise, self.C)
     leaf = lambda i, layer, path: convs[i][2][_conv_layer_prefix(convs[i][1], layer) + path]
     dw = lambda i, layer: leaf(i, layer, "DepthwiseConv_0/conv/kernel")
     ys = [depthwise_shared_input(relu_x, dw(i, 0), self.stride, cand.padding,
