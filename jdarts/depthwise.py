@@ -124,7 +124,7 @@ def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
     stride, dilation: s and d above.
 
   Returns:
-    (N, H_out, W_out, C). Written with one `lax` op per tap and step (a
+    (N, H_out, W_out, C). Written with one op per tap and step (a
     strided slice, a multiply, an add): the supernet holds ~100 of these
     convolutions, and every traced equation costs tracing and XLA compile
     time.
@@ -140,7 +140,7 @@ def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
       patch = lax.slice(xp, (0, r, c, 0),
                         (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
                         (1, stride, stride, 1))
-      term = lax.mul(patch, taps[i * k + j])
+      term = jnp.multiply(patch, taps[i * k + j])  # broadcasts (1, 1, 1, C)
       out = term if out is None else lax.add(out, term)
   return out
 
@@ -213,7 +213,7 @@ def _depthwise_input_grad_transpose(u, kernel, out_hw, stride: int, padding: int
   for i in range(k):
     for j in range(k):
       r, c = i * dilation, j * dilation
-      term = lax.pad(lax.mul(u, taps[i * k + j]), zero,
+      term = lax.pad(jnp.multiply(u, taps[i * k + j]), zero,
                      ((0, 0, 0), (r, Hp - r - H, 0), (c, Wp - c - W, 0), (0, 0, 0)))
       z = term if z is None else lax.add(z, term)
   z = lax.pad(z, zero, ((0, 0, 0), (-lh, -hh, 0), (-lw, -hw, 0), (0, 0, 0)))
