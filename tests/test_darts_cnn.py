@@ -431,6 +431,7 @@ def test_remat_saves_memory_in_the_compiled_step():
   assert remat < 0.9 * plain, (remat, plain)
 
 
+@pytest.mark.slow  # 14 s; tests/test_ops.py checks the same derivatives per convolution
 def test_fused_depthwise_supernet_equals_the_dense_one(x64):
   """The fused depthwise form in a whole supernet: loss, both gradients and the
   exact HVP's mixed product (jvp over the weights of grad_alpha, which reaches
