@@ -114,6 +114,12 @@ def depthwise_conv_dense(x, kernel, stride: int, padding: int, dilation: int):
       rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def _kernel_taps(kernel, dtype):
+  """(k, k, 1, C) -> the k*k taps in row-major order, each (1, 1, 1, C), in one op."""
+  k, C = kernel.shape[0], kernel.shape[-1]
+  return lax.split(kernel.astype(dtype).reshape(k * k, 1, 1, C), (1,) * (k * k))
+
+
 def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
   """sum_{i,j} kernel[i, j] * xp[:, i d + s h, j d + s w, :]: a depthwise correlation.
 
@@ -132,7 +138,7 @@ def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
   N, _, _, C = xp.shape
   k = kernel.shape[0]
   Ho, Wo = out_hw
-  taps = lax.split(kernel.astype(xp.dtype).reshape(k * k, 1, 1, C), (1,) * (k * k))
+  taps = _kernel_taps(kernel, xp.dtype)
   out = None
   for i in range(k):
     for j in range(k):
@@ -147,7 +153,7 @@ def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
 
 def _depthwise_fused_forward(x, kernel, stride: int, padding: int, dilation: int):
   k = kernel.shape[0]
-  N, H, W, C = x.shape
+  _, H, W, _ = x.shape
   Ho = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1
   Wo = (W + 2 * padding - dilation * (k - 1) - 1) // stride + 1
   xp = lax.pad(x, jnp.array(0, x.dtype),
@@ -200,15 +206,14 @@ def _depthwise_input_grad_transpose(u, kernel, out_hw, stride: int, padding: int
   Returns:
     (N, H_out, W_out, C).
   """
-  N, H, W, C = u.shape
+  _, H, W, _ = u.shape
   k = kernel.shape[0]
   (lh, hh), (lw, hw) = _input_grad_padding(out_hw, (H, W), k, stride, padding, dilation)
   Hp = lh + (out_hw[0] - 1) * stride + 1 + hh
   Wp = lw + (out_hw[1] - 1) * stride + 1 + hw
   zero = jnp.array(0, u.dtype)
   u = lax.optimization_barrier(u)
-  taps = lax.split(lax.rev(kernel, (0, 1)).astype(u.dtype).reshape(k * k, 1, 1, C),
-                   (1,) * (k * k))
+  taps = _kernel_taps(lax.rev(kernel, (0, 1)), u.dtype)
   z = None
   for i in range(k):
     for j in range(k):
@@ -253,12 +258,7 @@ def _depthwise_fused_jvp(stride, padding, dilation, primals, tangents):
   y_dot = _depthwise_input_grad_transpose(x_dot, kernel, y.shape[1:3], stride, padding,
                                           dilation)
   # In the kernel, the dense form: its transpose is one dense kernel gradient.
-  C = x.shape[-1]
-  full_dot = kernel_dot[:, :, 0, :][:, :, None, :].astype(x.dtype) * jnp.eye(C, dtype=x.dtype)
-  y_dot = y_dot + lax.conv_general_dilated(
-      x, full_dot, (stride, stride), ((padding, padding), (padding, padding)),
-      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return y, y_dot
+  return y, y_dot + depthwise_conv_dense(x, kernel_dot, stride, padding, dilation)
 
 
 __all__ = [

@@ -21,9 +21,11 @@ Two details that matter for faithfulness and speed:
   XLA's grouped convolution (`'xla'`), a sum of k*k shifted, scaled copies of
   the input (`'shift'`), a dense convolution with a block-diagonal kernel
   (`'dense'`) and the shift-and-add forward and input gradient with the
-  dense form's kernel gradient (`'fused'`, a `jax.custom_vjp`). XLA:CPU runs
-  grouped convolutions slowly, so `'auto'` picks `'fused'` on CPU (at widths
-  up to 128) and `'xla'` on GPU/TPU (measurements in benchmarks/RESULTS.md).
+  dense form's kernel gradient (`'fused'`), all in `jdarts.depthwise`.
+  XLA:CPU runs grouped convolutions slowly, so `'auto'` picks `'dense'` on
+  CPU (at widths up to 128) and `'xla'` on GPU/TPU; `'fused'` runs faster on
+  CPU but is opt-in (`jdarts.depthwise.resolve_depthwise`; measurements in
+  benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def depthwise_shared_input(x, kernels, stride: int, padding: int, dilation: int,
     y = _conv(x, full, stride, padding, dilation, groups=1)
     return jnp.moveaxis(y.reshape(y.shape[:3] + (k, C)), 3, 0)
   if impl == "fused":
-    # One tap-sum convolution per edge: its backward rule is per kernel.
+    # One tap-sum convolution per edge: its kernel gradient is per kernel.
     return jnp.stack([ops.depthwise_conv_fused(x, kernels[e], stride, padding, dilation)
                       for e in range(k)])
   if impl == "shift":
@@ -154,7 +154,7 @@ def depthwise_per_edge(x, kernels, stride: int, padding: int, dilation: int, imp
   if impl in ("dense", "fused"):
     # One convolution per edge: over all k*C channels at once the dense
     # form's kernel would be k times larger and mostly zeros (k times the
-    # work), and the fused form's backward rule is per kernel.
+    # work), and the fused form's kernel gradient is per kernel.
     conv = ops.depthwise_conv_dense if impl == "dense" else ops.depthwise_conv_fused
     return jnp.stack([conv(x[e], kernels[e], stride, padding, dilation) for e in range(k)])
   kernels = kernels.astype(x.dtype)
