@@ -5,6 +5,16 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent XLA cache for the whole session, this process and the runs it
+# starts: many tests build the same tiny supernet's steps, and a fresh closure
+# under jax.jit compiles again unless the compiled program is found on disk.
+# JAX fixes its cache at the first compile, so it is set here, before any.
+_XLA_CACHE = os.environ.setdefault("JDARTS_TEST_XLA_CACHE",
+                                   tempfile.mkdtemp(prefix="jdarts-tests-xla-"))
+
 
 import pytest  # noqa: E402  (after XLA_FLAGS, which must precede any jax import)
 
@@ -28,6 +38,13 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: minutes on 2 CPU cores; run with --runslow")
+  from jdarts import runs
+  runs.enable_compilation_cache(_XLA_CACHE)
+
+
+def pytest_unconfigure(config):
+  if _XLA_CACHE.startswith(tempfile.gettempdir()) and "jdarts-tests-xla-" in _XLA_CACHE:
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

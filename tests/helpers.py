@@ -52,6 +52,12 @@ def get_config():
 '''
 
 
+def shared_cache_dir(fallback) -> str:
+  """The session's shared XLA cache (tests/conftest.py), else `fallback`."""
+  import os
+  return os.environ.get("JDARTS_TEST_XLA_CACHE") or str(fallback)
+
+
 def write_tiny_config(directory, *extra_lines: str) -> str:
   """Writes a configs/*.py-style file for `tiny_search_config` and returns its path.
 
@@ -63,7 +69,8 @@ def write_tiny_config(directory, *extra_lines: str) -> str:
   path = directory / "tiny.py"
   extra = "".join(f"  {line}\n" for line in extra_lines)
   path.write_text(_CONFIG_FILE.format(tests_dir=os.path.dirname(os.path.abspath(__file__)),
-                                      cache=str(directory / "xla_cache"), extra=extra))
+                                      cache=shared_cache_dir(directory / "xla_cache"),
+                                      extra=extra))
   return str(path)
 
 
