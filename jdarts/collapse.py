@@ -34,13 +34,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jdarts import depthwise
 from jdarts import parallel
 from jdarts.config_lib import ConfigError
 
 
 def hvp(fn: Callable, alphas, v):
-  """H(alphas) @ v for the Hessian of scalar `fn` (pytrees shaped like `alphas`)."""
-  return jax.jvp(jax.grad(fn), (alphas,), (v,))[1]
+  """H(alphas) @ v for the Hessian of scalar `fn` (pytrees shaped like `alphas`).
+
+  Traced with `depthwise.compile_light()`, as the second-order hypergradients.
+  """
+  with depthwise.compile_light():
+    return jax.jvp(jax.grad(fn), (alphas,), (v,))[1]
 
 
 def power_iteration(matvec: Callable, v0: jnp.ndarray, *, iters: int = 50,

@@ -14,12 +14,16 @@ s + 1:
   and one op to compile.
 * `'fused'`: `depthwise_conv_fused`, the shift form's forward and input
   gradient (one fused loop each) with the dense form's kernel gradient:
-  the fastest on CPU, opt-in (see `resolve_depthwise`).
+  the fastest on CPU, and the slowest of the CPU forms to compile.
 
-`resolve_depthwise` maps 'auto' to one of them per convolution.
+`resolve_depthwise` maps 'auto' to one of them per convolution, from the
+backend, the width, the input's size and whether the program being traced is
+a second-order one (`compile_light`).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -33,25 +37,66 @@ DEPTHWISE_IMPLS = ("auto", "xla", "shift", "dense", "fused")
 # slow grouped convolution (benchmarks/RESULTS.md).
 DENSE_DEPTHWISE_MAX_CHANNELS = 128
 
+# Input positions (N * H * W) from which 'auto' takes the fused form on CPU.
+# Below, a convolution runs in well under a millisecond in either form and the
+# fused form's longer compile is not repaid: the quickstart (batch 32 of 8x8
+# digits, 2048 positions) searched cold in 72 s dense and 100 s fused. The
+# benchmark's small setting (batch 16 of 32x32) and the paper's are above it
+# in all but the small setting's last stage (benchmarks/RESULTS.md).
+FUSED_MIN_POSITIONS = 4096
 
-def resolve_depthwise(impl: str, channels: int = 0) -> str:
-  """Maps 'auto' to a form for the default backend and width; others pass through.
+_COMPILE_LIGHT = contextvars.ContextVar("jdarts_depthwise_compile_light", default=False)
 
-  GPU/TPU: 'xla' (native depthwise kernels). CPU: 'dense' up to
-  `DENSE_DEPTHWISE_MAX_CHANNELS` channels, 'xla' above. The 'fused' form
-  runs faster on CPU (small benchmark setting, side by side with the
-  reference: weight step 1.67x the reference's speed against the dense
-  form's ~1.16x, first-order architecture step 2.7x, exact HVP 2.1x) but is
-  opt-in: compiling a second-order step with it took 2x longer and
-  ~20 GB of host memory (the finite-difference step's compile was killed
-  on a 24 GiB machine), and it compiles first-order steps ~1.5x longer
-  (benchmarks/RESULTS.md).
+
+@contextlib.contextmanager
+def compile_light(active: bool = True):
+  """Within it, `resolve_depthwise` never turns 'auto' into the fused form.
+
+  For programs that differentiate the network several times over (the
+  second-order hypergradients, Hessian-vector products): XLA:CPU compiled a
+  second-order search step (small setting) with the fused form in twice the
+  time and 19-22 GB of host memory, against ~4.4 GB with the dense form
+  (benchmarks/RESULTS.md). `hypergrad.arch_grad` and the search step enter
+  it for such methods; it acts while a function is traced, so enter it
+  inside the jitted function. Named forms ('fused', 'dense', ...) are
+  unaffected.
+
+  Args:
+    active: False makes it a no-op (for `with compile_light(flag):`).
+  """
+  token = _COMPILE_LIGHT.set(bool(active) or _COMPILE_LIGHT.get())
+  try:
+    yield
+  finally:
+    _COMPILE_LIGHT.reset(token)
+
+
+def resolve_depthwise(impl: str, channels: int = 0, positions: int = 0) -> str:
+  """Maps 'auto' to a form for the backend, the width and the input's size.
+
+  GPU/TPU: 'xla' (native depthwise kernels). CPU: 'xla' above
+  `DENSE_DEPTHWISE_MAX_CHANNELS` channels; otherwise 'fused' when the input
+  has at least `FUSED_MIN_POSITIONS` positions and no `compile_light`
+  context is active, else 'dense'. The fused form is the fastest on CPU
+  (small benchmark setting, side by side with the reference: weight step
+  1.67x the reference's speed against the dense form's ~1.16x, first-order
+  architecture step 2.7x against 1.75x) but compiles slower: ~1.5x for
+  first-order steps, and second-order steps took 2x longer and ~20 GB of
+  host memory, hence `compile_light` (benchmarks/RESULTS.md). Other names
+  pass through.
+
+  Args:
+    impl: one of `DEPTHWISE_IMPLS`.
+    channels: C, the convolution's width.
+    positions: N * H * W of its input; 0 (unknown) never picks 'fused'.
   """
   if impl != "auto":
     return impl
-  if jax.default_backend() == "cpu":
-    return "dense" if channels <= DENSE_DEPTHWISE_MAX_CHANNELS else "xla"
-  return "xla"
+  if jax.default_backend() != "cpu" or channels > DENSE_DEPTHWISE_MAX_CHANNELS:
+    return "xla"
+  if positions >= FUSED_MIN_POSITIONS and not _COMPILE_LIGHT.get():
+    return "fused"
+  return "dense"
 
 
 def shifted_taps(x, kh: int, kw: int, stride: int, padding: int, dilation: int):
@@ -262,7 +307,7 @@ def _depthwise_fused_jvp(stride, padding, dilation, primals, tangents):
 
 
 __all__ = [
-    "DEPTHWISE_IMPLS", "DENSE_DEPTHWISE_MAX_CHANNELS",
-    "resolve_depthwise", "shifted_taps", "depthwise_conv_shift", "depthwise_conv_dense",
+    "DEPTHWISE_IMPLS", "DENSE_DEPTHWISE_MAX_CHANNELS", "FUSED_MIN_POSITIONS",
+    "compile_light", "resolve_depthwise", "shifted_taps", "depthwise_conv_shift", "depthwise_conv_dense",
     "depthwise_conv_fused",
 ]

@@ -43,6 +43,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, Callable
 
+from jdarts import depthwise
 from jdarts import solvers
 from jdarts.hypergrad_estimators import (ESTIMATORS, Estimator, Options, check_float_leaves,
                                          check_opt_state, check_step_args, device_grad,
@@ -275,6 +276,7 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
     check_opt_state(opt_state, params)
   train = wrap_loss(train_loss, "train_loss", has_aux)
   val = wrap_loss(val_loss, "val_loss", has_aux)
-  g, aux, info = est.fn(train, val, params, alphas, train_batch, val_batch, opts)
+  with depthwise.compile_light(est.second_order):
+    g, aux, info = est.fn(train, val, params, alphas, train_batch, val_batch, opts)
   out = (g, aux) if has_aux else g
   return (out, info) if return_info else out

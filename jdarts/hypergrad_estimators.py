@@ -337,11 +337,16 @@ class Estimator(NamedTuple):
     uses_virtual_step: forms w' = one weight step (then `xi` or an optimizer).
     needs_xi: requires `xi` (the eq. 7 coefficient).
     check: `(Options) -> None`, raising ValueError on a bad setting of its own.
+    second_order: its program holds second derivatives or several gradient
+      passes (virtual step, Hessian-vector products, extra gradient points):
+      `arch_grad` then traces it within `depthwise.compile_light()`, whose
+      compile-light forms keep XLA:CPU's compile memory in bounds.
   """
   fn: Callable
   uses_virtual_step: bool = False
   needs_xi: bool = False
   check: Optional[Callable[[Options], None]] = None
+  second_order: bool = False
 
 
 ESTIMATORS = Registry("hypergradient method")
@@ -376,10 +381,15 @@ def _check_cg(o: Options) -> None:
 
 
 ESTIMATORS.register("first_order", Estimator(_no_solve(_first_order)))
-ESTIMATORS.register("unrolled", Estimator(_no_solve(_unrolled), uses_virtual_step=True))
-ESTIMATORS.register("exact_hvp", Estimator(_no_solve(_exact_hvp), uses_virtual_step=True))
+ESTIMATORS.register("unrolled", Estimator(_no_solve(_unrolled), uses_virtual_step=True,
+                                          second_order=True))
+ESTIMATORS.register("exact_hvp", Estimator(_no_solve(_exact_hvp), uses_virtual_step=True,
+                                           second_order=True))
 ESTIMATORS.register("finite_difference", Estimator(
-    _no_solve(_finite_difference), uses_virtual_step=True, check=_check_fd))
+    _no_solve(_finite_difference), uses_virtual_step=True, check=_check_fd,
+    second_order=True))
 ESTIMATORS.register("single_level", Estimator(_no_solve(_single_level)))
-ESTIMATORS.register("implicit_neumann", Estimator(_implicit("neumann"), check=_check_neumann))
-ESTIMATORS.register("implicit_cg", Estimator(_implicit("cg"), check=_check_cg))
+ESTIMATORS.register("implicit_neumann", Estimator(_implicit("neumann"), check=_check_neumann,
+                                                  second_order=True))
+ESTIMATORS.register("implicit_cg", Estimator(_implicit("cg"), check=_check_cg,
+                                             second_order=True))

@@ -22,9 +22,10 @@ Two details that matter for faithfulness and speed:
   the input (`'shift'`), a dense convolution with a block-diagonal kernel
   (`'dense'`) and the shift-and-add forward and input gradient with the
   dense form's kernel gradient (`'fused'`), all in `jdarts.depthwise`.
-  XLA:CPU runs grouped convolutions slowly, so `'auto'` picks `'dense'` on
-  CPU (at widths up to 128) and `'xla'` on GPU/TPU; `'fused'` runs faster on
-  CPU but is opt-in (`jdarts.depthwise.resolve_depthwise`; measurements in
+  XLA:CPU runs grouped convolutions slowly, so `'auto'` picks `'xla'` on
+  GPU/TPU and, on CPU at widths up to 128, `'fused'` for inputs of at least
+  `FUSED_MIN_POSITIONS` positions outside second-order programs, `'dense'`
+  otherwise (`jdarts.depthwise.resolve_depthwise`; measurements in
   benchmarks/RESULTS.md).
 """
 from __future__ import annotations
@@ -38,8 +39,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jdarts.config_lib import ConfigError
-from jdarts.depthwise import (DEPTHWISE_IMPLS, depthwise_conv_dense, depthwise_conv_fused,
-                              depthwise_conv_shift, resolve_depthwise, shifted_taps)
+from jdarts.depthwise import (DEPTHWISE_IMPLS, FUSED_MIN_POSITIONS, compile_light,
+                              depthwise_conv_dense, depthwise_conv_fused, depthwise_conv_shift,
+                              resolve_depthwise, shifted_taps)
 
 
 
@@ -193,8 +195,8 @@ class DepthwiseConv(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    C = x.shape[-1]
-    impl = resolve_depthwise(self.opts.depthwise, C)
+    N, H, W, C = x.shape
+    impl = resolve_depthwise(self.opts.depthwise, C, N * H * W)
     x = x.astype(self.opts.dtype)
     if impl == "xla":
       return _conv(C, self.kernel_size, self.stride, self.padding, self.dilation,

@@ -30,6 +30,7 @@ carry of each stream (train, val) threaded through `state.carry`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import flax
@@ -37,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jdarts import depthwise
 from jdarts import hypergrad
 from jdarts import optim
 from jdarts.registry import Registry
@@ -331,6 +333,16 @@ def grad_correlation(space, state: SearchState, train_batch, val_batch,
   return (dot / jnp.maximum(_norm(g_t) * _norm(g_v), 1e-30)).astype(jnp.float32)
 
 
+def _compile_light(step: Callable) -> Callable:
+  """`step` traced within `depthwise.compile_light()`: its weight update too, so a
+  second-order program holds one depthwise form, the one that compiles lightly."""
+  @functools.wraps(step)
+  def wrapped(*args):
+    with depthwise.compile_light():
+      return step(*args)
+  return wrapped
+
+
 def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
                      axis_name: Optional[str] = None, weight_decay: float = 0.0,
                      log_grad_correlation: bool = False, optim_cfg=None) -> Callable:
@@ -382,6 +394,8 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
   build = STEP_KINDS.get(step_kind_for(arch_cfg))
   inner = build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name,
                             float(weight_decay or 0.0), virtual, grad_clip))
+  if hypergrad.estimator(arch_cfg.method).second_order:
+    inner = _compile_light(inner)
   if not log_grad_correlation:
     return inner
 

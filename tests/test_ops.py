@@ -12,6 +12,7 @@ import pytest
 
 from jdarts import genotypes, ops
 from jdarts.spaces.darts_cnn import primitives
+import helpers
 
 EPS = 1e-5  # PyTorch's BatchNorm2d default, which OpOptions.bn_epsilon mirrors.
 
@@ -302,22 +303,112 @@ def test_fused_depthwise_keeps_dtypes_in_bfloat16():
                              np.asarray(dp32["params"]["conv"]["kernel"]), rtol=0.05, atol=0.1)
 
 
-def test_auto_depthwise_picks_by_backend_and_width(monkeypatch):
-  """'auto' on CPU: the dense form up to 128 channels, XLA's grouped conv above;
-  on GPU/TPU always XLA's. Named forms ('fused', opt-in) pass through."""
+def test_auto_depthwise_picks_by_backend_width_and_size(monkeypatch):
+  """'auto' on CPU: XLA's grouped conv above 128 channels; below, the fused form
+  from FUSED_MIN_POSITIONS input positions on, unless compile_light is active,
+  the dense form otherwise; on GPU/TPU always XLA's. Named forms pass through."""
   from jdarts import depthwise
+  big = depthwise.FUSED_MIN_POSITIONS
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-  assert depthwise.resolve_depthwise("auto", 8) == "dense"
-  assert depthwise.resolve_depthwise("auto", 256) == "xla"
+  assert depthwise.resolve_depthwise("auto", 8) == "dense"  # size unknown
+  assert depthwise.resolve_depthwise("auto", 8, big - 1) == "dense"
+  assert depthwise.resolve_depthwise("auto", 8, big) == "fused"
+  assert depthwise.resolve_depthwise("auto", 256, big) == "xla"
   assert depthwise.resolve_depthwise("fused", 256) == "fused"
+  with depthwise.compile_light():
+    assert depthwise.resolve_depthwise("auto", 8, big) == "dense"
+    with depthwise.compile_light(False):  # an inner no-op does not lift it
+      assert depthwise.resolve_depthwise("auto", 8, big) == "dense"
+    assert depthwise.resolve_depthwise("fused", 8, big) == "fused"
+  assert depthwise.resolve_depthwise("auto", 8, big) == "fused"
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert depthwise.resolve_depthwise("auto", 8) == "xla"
+  assert depthwise.resolve_depthwise("auto", 8, big) == "xla"
   calls = []
   real = ops.depthwise_conv_fused
   monkeypatch.setattr(ops, "depthwise_conv_fused", lambda *a: (calls.append(a[2:]), real(*a))[1])
   ops.DepthwiseConv(3, 2, 1, 1, ops.OpOptions(depthwise="fused")).init(
       jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 4)))
   assert calls == [(2, 1, 1)]
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  conv = ops.DepthwiseConv(3, 1, 1, 1, ops.OpOptions(depthwise="auto"))
+  jax.eval_shape(conv.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 63, 4)))
+  assert len(calls) == 1  # 4032 positions: dense
+  jax.eval_shape(conv.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 4)))
+  assert calls == [(2, 1, 1), (1, 1, 1)]
+
+
+def _count_depthwise_forms(monkeypatch):
+  """Counts the fused and dense calls made while tracing, by form."""
+  import collections
+  calls = collections.Counter()
+  for name in ("depthwise_conv_fused", "depthwise_conv_dense"):
+    real = getattr(ops, name)
+    monkeypatch.setattr(ops, name, lambda *a, n=name, f=real: (calls.update([n]), f(*a))[1])
+  return calls
+
+
+def _trace_search_step(calls, method, **model):
+  """Traces (no compile) a search step of a 1-node supernet on one 64x64 image;
+  clears `calls` first after the parameters' (abstract) initialisation."""
+  from jdarts import config_lib, optim, schedules, search
+  cfg = config_lib.search_defaults()
+  cfg.arch.method = method
+  space = helpers.make_space(helpers.tiny_model(**model), image_shape=(64, 64, 1))
+  batch = {"image": jax.ShapeDtypeStruct((1, 64, 64, 1), jnp.float32),
+           "label": jax.ShapeDtypeStruct((1,), jnp.int32)}
+  sched = schedules.make_schedule(cfg.optim, epochs=1, steps_per_epoch=1)
+  w_opt, a_opt = optim.weight_optimizer(cfg.optim, sched), optim.arch_optimizer(cfg.arch)
+  state = jax.eval_shape(lambda b: search.init_state(space, jax.random.PRNGKey(0), b, w_opt,
+                                                     a_opt), batch)
+  step = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched, optim_cfg=cfg.optim)
+  calls.clear()
+  jax.make_jaxpr(step)(state, batch, batch)
+
+
+@pytest.mark.parametrize("method,fused", [("first_order", True), ("single_level", True),
+                                          ("exact_hvp", False), ("finite_difference", False),
+                                          ("implicit_cg", False)])
+def test_second_order_programs_trace_the_compile_light_form(monkeypatch, method, fused):
+  """A search step on inputs large enough for 'fused' traces it only for first-order
+  methods; second-order steps (their weight update included) hold dense forms only."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  calls = _count_depthwise_forms(monkeypatch)
+  _trace_search_step(calls, method, primitives=("sep_conv_3x3",))
+  assert calls["depthwise_conv_dense"] > 0  # the 32x32 and 16x16 cells
+  assert (calls["depthwise_conv_fused"] > 0) == fused, dict(calls)
+
+
+def test_batched_edges_pick_the_forms_the_per_edge_cell_picks(monkeypatch):
+  """Same sizes, same form: batched and per-edge supernets compute the same numbers."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  calls = _count_depthwise_forms(monkeypatch)
+  counts = []
+  for batch_edges in (False, True):
+    _trace_search_step(calls, "first_order", primitives=("sep_conv_3x3", "dil_conv_5x5"),
+                       batch_edges=batch_edges)
+    counts.append(calls["depthwise_conv_fused"])
+  # Per edge (2 edges a cell): the normal cell's 3 depthwise layers read
+  # 64x64 (4096 positions); the first reduce cell's first layers (sep, dil)
+  # too, its sep conv's second layer 32x32 does not, nor the last cell:
+  # 2 * (3 + 2) = 10 per loss, traced twice (alpha and weight gradients).
+  assert counts == [20, 20], counts
+
+
+def test_arch_grad_traces_second_order_methods_compile_light(monkeypatch):
+  """Library users calling hypergrad.arch_grad get the same rule as the search step."""
+  from jdarts import depthwise, hypergrad
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  seen = []
+
+  def loss(p, a, b):
+    seen.append(depthwise.resolve_depthwise("auto", 8, depthwise.FUSED_MIN_POSITIONS))
+    return jnp.sum(p * a * b) ** 2
+  x = jnp.arange(3.0)
+  for method, form in (("first_order", "fused"), ("exact_hvp", "dense"),
+                       ("unrolled", "dense"), ("implicit_neumann", "dense")):
+    seen.clear()
+    hypergrad.arch_grad(method, loss, loss, x, x, x, x, xi=0.01)
+    assert set(seen) == {form}, (method, seen)
 
 
 def test_unknown_depthwise_impl_is_a_clear_error():

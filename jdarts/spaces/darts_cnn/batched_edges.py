@@ -418,10 +418,13 @@ class SourceEdges(nn.Module):
     """
     if not convs:
       return []
-    # Per-edge widths decide 'auto', as for MixedOp: the 'dense' form (and
+    # Per-edge widths and sizes decide 'auto', as for MixedOp's convolutions
+    # one by one (the same form, so the same numbers): the 'dense' form (and
     # the fused form's kernel gradient) cost C times a true depthwise
     # convolution whether the edges are batched or not.
-    impl = ops.resolve_depthwise(self.opts.depthwise, self.C)
+    resolve = lambda shape: ops.resolve_depthwise(self.opts.depthwise, self.C,
+                                                  shape[-4] * shape[-3] * shape[-2])
+    impl = resolve(relu_x.shape)
     leaf = lambda i, layer, path: convs[i][2][_conv_layer_prefix(convs[i][1], layer) + path]
     dw = lambda i, layer: leaf(i, layer, "DepthwiseConv_0/conv/kernel")
     ys = [depthwise_shared_input(relu_x, dw(i, 0), self.stride, cand.padding,
@@ -439,7 +442,7 @@ class SourceEdges(nn.Module):
         cand = convs[i][1]
         if layer + 1 < cand.layers:
           ys[i] = depthwise_per_edge(nn.relu(part), dw(i, layer + 1), 1, cand.padding,
-                                     cand.dilation, impl)
+                                     cand.dilation, resolve(part.shape))
           nxt.append(i)
         else:
           done[i] = part
