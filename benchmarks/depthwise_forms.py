@@ -8,7 +8,8 @@ and sep_conv's first layers), times the gradient of sum(tanh(conv(x, w))) w.r.t.
 x and w (min of `--repeats` after a compile) for each form:
 
 * `dense`: `ops.depthwise_conv_dense`, one dense convolution with a
-  block-diagonal kernel (the CPU default, C times the work);
+  block-diagonal kernel (C times the work; 'auto' on CPU below 4096 positions
+  and in second-order programs);
 * `xla`: XLA's grouped convolution (`feature_group_count=C`);
 * `shift`: `ops.depthwise_conv_shift`, a sum of k*k shifted slices;
 * `fused`: `ops.depthwise_conv_fused`, shift-and-add forward

@@ -20,9 +20,9 @@ Semantics of the figures: the reference's median is the median over runs of
 per-run medians and its min the smallest per-run median (bench_torch_darts.py);
 ours are the median and min over `--repeats` steps of one process per kind,
 after one warm-up call. Both use all `--threads` cores (JAX takes the machine's).
-`--variants=default,batch_edges,fused` times ours per edge, with
-`model.batch_edges` and with `model.depthwise='fused'` (one row per kind and
-variant).
+`--variants=default,batch_edges,fused,dense` times ours per edge, with
+`model.batch_edges`, and with `model.depthwise` forced to 'fused' or to 'dense'
+(one row per kind and variant).
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ SETTINGS = {"tiny": (2, 3, 2),  # 3 cells: the reference needs a normal cell
             "small": (8, 5, 16), "paper": (16, 8, 64)}
 # (our kind, the reference's kind, row label)
 # Our supernet variants: search_step.py flags.
-VARIANT_FLAGS = {"default": [], "batch_edges": ["--batch_edges"], "fused": ["--depthwise=fused"]}
+VARIANT_FLAGS = {"default": [], "batch_edges": ["--batch_edges"], "fused": ["--depthwise=fused"],
+                 "dense": ["--depthwise=dense"]}
 ROWS = (("weight", "weight", "weight"),
         ("arch_first_order", "arch_first", "first-order architecture"),
         ("exact_hvp", "arch_second", "second-order, exact HVP (ref: finite differences)"),
@@ -144,8 +145,8 @@ def main(argv=None):
   ap.add_argument("--out", default="", help="append every JSON row and the table here")
   ap.add_argument("--variants", default="default",
                   help="ours, comma-separated: 'default' (the per-edge supernet), "
-                       "'batch_edges' (model.batch_edges), 'fused' "
-                       "(model.depthwise='fused'); each runs every kind")
+                       "'batch_edges' (model.batch_edges), 'fused' / 'dense' "
+                       "(model.depthwise forced); each runs every kind")
   ap.add_argument("--kinds", default=",".join(k for k, _, _ in ROWS),
                   help="our kinds, comma-separated (the reference runs the kinds they map "
                        "to); e.g. weight,arch_first_order at the paper setting, where the "
