@@ -196,6 +196,7 @@ def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
   return out
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _depthwise_fused_forward(x, kernel, stride: int, padding: int, dilation: int):
   k = kernel.shape[0]
   _, H, W, _ = x.shape
@@ -234,6 +235,7 @@ def _depthwise_input_grad(g, kernel, x_shape, stride: int, padding: int, dilatio
   return lax.optimization_barrier(_tap_sum(gp, lax.rev(kernel, (0, 1)), (H, W), 1, dilation))
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _depthwise_input_grad_transpose(u, kernel, out_hw, stride: int, padding: int,
                                     dilation: int):
   """The transpose of `_depthwise_input_grad` (in g), i.e. the convolution itself.

@@ -31,6 +31,7 @@ Two details that matter for faithfulness and speed:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
@@ -117,6 +118,30 @@ def bn_scale_init(opts: "OpOptions"):
   return nn.initializers.uniform(1.0) if opts.init == "pytorch0.3" else nn.initializers.ones
 
 
+# A nested jit: the search supernet holds hundreds of BatchNorms of a few
+# shapes, and JAX traces (and lowers) a jitted function once per shape instead
+# of once per call, which cut the weight step's tracing by a third
+# (benchmarks/RESULTS.md). XLA inlines the calls: the same program.
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _batch_stats_normalize(x, axes: Tuple[int, ...], eps: float, axis_name):
+  """(x - mean) / sqrt(var + eps) with the moments of this batch over `axes`, in >= float32."""
+  # Moments in at least float32: variances of bf16 activations lose too many
+  # bits. float64 stays float64, so exactness checks in x64 hold.
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  # Two passes (mean first, then the mean squared deviation), not
+  # E[x^2] - E[x]^2: the single pass cancels where |mean| >> std and its
+  # round-off then depends on how the devices' sums are ordered (issue 11).
+  # Across devices: one more pmean per BatchNorm.
+  mean = jnp.mean(xf, axis=axes, keepdims=True)
+  if axis_name is not None:
+    mean = lax.pmean(mean, axis_name)
+  centred = xf - mean
+  var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+  if axis_name is not None:
+    var = lax.pmean(var, axis_name)
+  return centred * lax.rsqrt(var + eps)
+
+
 class BatchNorm(nn.Module):
   """BatchNorm over (N, H, W) with optional affine parameters.
 
@@ -143,22 +168,7 @@ class BatchNorm(nn.Module):
                           epsilon=o.bn_epsilon, use_scale=self.affine,
                           use_bias=self.affine, axis_name=o.bn_axis_name,
                           scale_init=bn_scale_init(o), dtype=o.dtype, name="bn")(x)
-    # Moments in at least float32: variances of bf16 activations lose too many
-    # bits. float64 stays float64, so exactness checks in x64 hold.
-    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    # Two passes (mean first, then the mean squared deviation), not
-    # E[x^2] - E[x]^2: the single pass cancels where |mean| >> std and its
-    # round-off then depends on how the devices' sums are ordered (issue 11).
-    # Across devices: one more pmean per BatchNorm.
-    axes = tuple(self.axes)
-    mean = jnp.mean(xf, axis=axes, keepdims=True)
-    if o.bn_axis_name is not None:
-      mean = lax.pmean(mean, o.bn_axis_name)
-    centred = xf - mean
-    var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
-    if o.bn_axis_name is not None:
-      var = lax.pmean(var, o.bn_axis_name)
-    y = centred * lax.rsqrt(var + o.bn_epsilon)
+    y = _batch_stats_normalize(x, tuple(self.axes), o.bn_epsilon, o.bn_axis_name)
     if self.affine:
       C = x.shape[-1]
       y = y * self.param("scale", bn_scale_init(o), (C,))
