@@ -99,6 +99,11 @@ def resolve_depthwise(impl: str, channels: int = 0, positions: int = 0) -> str:
   return "dense"
 
 
+def _out_size(n: int, k: int, stride: int, padding: int, dilation: int) -> int:
+  """A convolution's output length along an axis of length n (symmetric padding)."""
+  return (n + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
 def shifted_taps(x, kh: int, kw: int, stride: int, padding: int, dilation: int):
   """The strided slices of the padded input that each kernel tap multiplies.
 
@@ -113,8 +118,7 @@ def shifted_taps(x, kh: int, kw: int, stride: int, padding: int, dilation: int):
   """
   N, H, W, C = x.shape
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  Ho = (H + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-  Wo = (W + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+  Ho, Wo = _out_size(H, kh, stride, padding, dilation), _out_size(W, kw, stride, padding, dilation)
   for i in range(kh):
     for j in range(kw):
       r, c = i * dilation, j * dilation
@@ -133,14 +137,14 @@ def depthwise_conv_shift(x, kernel, stride: int, padding: int, dilation: int):
 
   Returns:
     (N, H_out, W_out, C) with H_out = (H + 2p - d(k - 1) - 1) // stride + 1.
+    The fused form's forward pass, differentiated by plain autodiff.
   """
   k = kernel.shape[0]
-  kernel = kernel.astype(x.dtype)
-  out = None
-  for i, j, patch in shifted_taps(x, k, k, stride, padding, dilation):
-    term = patch * kernel[i, j, 0]
-    out = term if out is None else out + term
-  return out
+  _, H, W, _ = x.shape
+  xp = lax.pad(x, jnp.array(0, x.dtype),
+               ((0, 0, 0), (padding, padding, 0), (padding, padding, 0), (0, 0, 0)))
+  return _tap_sum(xp, kernel, (_out_size(H, k, stride, padding, dilation),
+                               _out_size(W, k, stride, padding, dilation)), stride, dilation)
 
 
 def depthwise_conv_dense(x, kernel, stride: int, padding: int, dilation: int):
@@ -196,15 +200,8 @@ def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
   return out
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _depthwise_fused_forward(x, kernel, stride: int, padding: int, dilation: int):
-  k = kernel.shape[0]
-  _, H, W, _ = x.shape
-  Ho = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-  Wo = (W + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-  xp = lax.pad(x, jnp.array(0, x.dtype),
-               ((0, 0, 0), (padding, padding, 0), (padding, padding, 0), (0, 0, 0)))
-  return _tap_sum(xp, kernel, (Ho, Wo), stride, dilation)
+# Jitted: traced (and lowered) once per shape, not once per convolution.
+_depthwise_fused_forward = jax.jit(depthwise_conv_shift, static_argnums=(2, 3, 4))
 
 
 def _input_grad_padding(g_hw, x_hw, k: int, stride: int, padding: int, dilation: int):
