@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 
 class LineProgress:
@@ -40,9 +40,11 @@ class LineProgress:
       self.write(f"{self.desc}: step {self.n}/{self.total} "
                  f"({100 * self.n / max(self.total, 1):.0f}%, {rate:.2f} step/s){post}")
 
-  def set_postfix(self, values: Dict[str, Any], refresh: bool = True) -> None:
+  def set_postfix(self, ordered_dict: Optional[Dict[str, Any]] = None, refresh: bool = True,
+                  **kwargs: Any) -> None:
+    """tqdm's signature: a dict, keyword values, or both (the loops use either)."""
     del refresh
-    self.postfix = dict(values)
+    self.postfix = {**(ordered_dict or {}), **kwargs}
 
   def write(self, msg: str) -> None:
     self.stream.write(msg + "\n")

@@ -58,10 +58,13 @@ def test_train_end_to_end_from_a_search_workdir(tmp_path, capsys):
   search_dir.mkdir()
   genotypes.save_genotype(TINY, str(search_dir))  # as `jdarts search` leaves it
   args = _tiny_train_config(tmp_path, genotype=str(search_dir))
-  args.append("--config.data.valid_portion=0.1")
+  # Progress on: captured stdout is no TTY, so the plain progress lines run
+  # (a train loop once crashed there at its first log line).
+  args += ["--config.data.valid_portion=0.1", "--config.progress=True"]
   rc = cli.main(["train"] + args)
   captured = capsys.readouterr()
   assert rc == 0, captured.err
+  assert " loss=" in captured.out and "step 4/4 (100%" in captured.out, captured.out
   run = tmp_path / "run"
   assert genotypes.load_genotype(str(run)) == genotypes.validate_genotype(TINY)
   s = json.loads((run / "summary.json").read_text())

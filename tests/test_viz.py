@@ -108,6 +108,20 @@ def test_progress_without_a_tty_prints_lines_not_carriage_returns():
   assert "step 50/50 (100%" in lines[-2] and lines[-1] == "epoch 1 genotype: ..."
 
 
+def test_plain_progress_takes_tqdm_postfix_calls():
+  """The loops call set_postfix as tqdm allows: a dict, keywords, or both."""
+  out = io.StringIO()
+  bar = progress_bar(2, 0, True, "train", stream=out)
+  bar.every_s = 0.0
+  bar.set_postfix(loss="1.000", acc="0.500", refresh=False)
+  bar.update(1)
+  bar.set_postfix({"train_loss": "2.000"}, img_s="7")
+  bar.update(1)
+  lines = out.getvalue().splitlines()
+  assert lines[0].endswith(" loss=1.000 acc=0.500"), lines
+  assert lines[1].endswith(" train_loss=2.000 img_s=7"), lines
+
+
 def test_progress_on_a_tty_is_tqdm():
   class Tty(io.StringIO):
     def isatty(self):
