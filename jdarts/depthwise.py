@@ -307,6 +307,6 @@ def _depthwise_fused_jvp(stride, padding, dilation, primals, tangents):
 
 __all__ = [
     "DEPTHWISE_IMPLS", "DENSE_DEPTHWISE_MAX_CHANNELS", "FUSED_MIN_POSITIONS",
-    "compile_light", "resolve_depthwise", "shifted_taps", "depthwise_conv_shift", "depthwise_conv_dense",
-    "depthwise_conv_fused",
+    "compile_light", "resolve_depthwise", "shifted_taps", "depthwise_conv_shift",
+    "depthwise_conv_dense", "depthwise_conv_fused",
 ]
