@@ -116,15 +116,21 @@ def shifted_taps(x, kh: int, kw: int, stride: int, padding: int, dilation: int):
     (i, j, patch) for every tap in row-major order, patch (N, H_out, W_out, C)
     with H_out = (H + 2p - d(kh - 1) - 1) // stride + 1 (W_out likewise).
   """
-  N, H, W, C = x.shape
+  _, H, W, _ = x.shape
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  Ho, Wo = _out_size(H, kh, stride, padding, dilation), _out_size(W, kw, stride, padding, dilation)
+  out_hw = _out_size(H, kh, stride, padding, dilation), _out_size(W, kw, stride, padding, dilation)
   for i in range(kh):
     for j in range(kw):
-      r, c = i * dilation, j * dilation
-      yield i, j, lax.slice(xp, (0, r, c, 0),
-                            (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
-                            (1, stride, stride, 1))
+      yield i, j, _tap_slice(xp, i, j, out_hw, stride, dilation)
+
+
+def _tap_slice(xp, i: int, j: int, out_hw, stride: int, dilation: int):
+  """xp[:, i d + s h, j d + s w, :] for h < H_out, w < W_out: tap (i, j)'s input."""
+  N, _, _, C = xp.shape
+  Ho, Wo = out_hw
+  r, c = i * dilation, j * dilation
+  return lax.slice(xp, (0, r, c, 0), (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
+                   (1, stride, stride, 1))
 
 
 def depthwise_conv_shift(x, kernel, stride: int, padding: int, dilation: int):
@@ -184,17 +190,12 @@ def _tap_sum(xp, kernel, out_hw, stride: int, dilation: int):
     convolutions, and every traced equation costs tracing and XLA compile
     time.
   """
-  N, _, _, C = xp.shape
   k = kernel.shape[0]
-  Ho, Wo = out_hw
   taps = _kernel_taps(kernel, xp.dtype)
   out = None
   for i in range(k):
     for j in range(k):
-      r, c = i * dilation, j * dilation
-      patch = lax.slice(xp, (0, r, c, 0),
-                        (N, r + (Ho - 1) * stride + 1, c + (Wo - 1) * stride + 1, C),
-                        (1, stride, stride, 1))
+      patch = _tap_slice(xp, i, j, out_hw, stride, dilation)
       term = jnp.multiply(patch, taps[i * k + j])  # broadcasts (1, 1, 1, C)
       out = term if out is None else lax.add(out, term)
   return out

@@ -40,9 +40,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jdarts.config_lib import ConfigError
-from jdarts.depthwise import (DEPTHWISE_IMPLS, FUSED_MIN_POSITIONS, compile_light,
-                              depthwise_conv_dense, depthwise_conv_fused, depthwise_conv_shift,
-                              resolve_depthwise, shifted_taps)
+from jdarts.depthwise import (DEPTHWISE_IMPLS, depthwise_conv_dense, depthwise_conv_fused,
+                              depthwise_conv_shift, resolve_depthwise, shifted_taps)
 
 
 

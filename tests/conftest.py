@@ -12,8 +12,10 @@ import tempfile  # noqa: E402
 # starts: many tests build the same tiny supernet's steps, and a fresh closure
 # under jax.jit compiles again unless the compiled program is found on disk.
 # JAX fixes its cache at the first compile, so it is set here, before any.
-_XLA_CACHE = os.environ.setdefault("JDARTS_TEST_XLA_CACHE",
-                                   tempfile.mkdtemp(prefix="jdarts-tests-xla-"))
+_OWN_CACHE = "JDARTS_TEST_XLA_CACHE" not in os.environ  # else the caller's, kept
+if _OWN_CACHE:
+  os.environ["JDARTS_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="jdarts-tests-xla-")
+_XLA_CACHE = os.environ["JDARTS_TEST_XLA_CACHE"]
 
 
 import pytest  # noqa: E402  (after XLA_FLAGS, which must precede any jax import)
@@ -43,7 +45,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-  if _XLA_CACHE.startswith(tempfile.gettempdir()) and "jdarts-tests-xla-" in _XLA_CACHE:
+  if _OWN_CACHE:
     shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
 
