@@ -2,7 +2,8 @@
 # The GPU benchmark suite (issue 17): one command on one H100/H200, under ~8 minutes.
 #
 #   benchmarks/gpu_wheels.sh                 # once, where a package registry is reachable
-#   benchmarks/gpu_suite.sh [--tiny] [--out DIR]
+#   benchmarks/gpu_suite.sh [--tiny] [--out DIR] [--budget S]
+#       [--peer PEERS/darts --bench PEERS/bench_torch_darts.py]
 #
 # Measures, at the paper's setting by default (search supernet C=16, 8 cells,
 # batch 64; evaluation network C=36, 20 cells, batch 96; --tiny: a few channels
@@ -14,8 +15,18 @@
 #     and bfloat16, through both jdarts.parallel wrappers (pmap, shard_map);
 #   * then a table (benchmarks/gpu_summary.py) with the projected 50-epoch
 #     search time per estimator and the 600-epoch evaluation training time.
+# With --peer (an extracted quark0/darts tree) and --bench (the harness
+# ../shared/peers/bench_torch_darts.py, copied where the machine can read it),
+# the reference's own steps run first on the same GPU (benchmarks/peer_cuda.py;
+# PEER_PYTHON, default PYTHON, must have torch with CUDA), ours also with
+# batched edges, and the summary adds the side-by-side table (ratios).
+# --budget S: the whole suite's wall seconds (a lease is short): each item runs
+# under the time left, those that would start with under 40 s left are
+# skipped (and named). Order: reference; the four search kinds per edge;
+# weight and first order with batched edges; training steps. Relative paths
+# are taken from the repository root.
 # JSON lines go to DIR (default $OUT if set, else gpu_suite_out/): search.jsonl,
-# train.jsonl, summary.md, log.txt.
+# train.jsonl, ref.jsonl, summary.md, log.txt.
 #
 # If the packages are not importable, they are installed from benchmarks/gpu_wheels/*.whl
 # (made by benchmarks/gpu_wheels.sh beforehand; never committed) into a
@@ -26,16 +37,33 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 TINY=0
 DIR=${OUT:-gpu_suite_out}
+PEER=""; BENCH=""; BUDGET=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tiny) TINY=1 ;;
-    --out) DIR=$2; shift ;;
+    --out|--peer|--bench|--budget)
+      [ $# -ge 2 ] || { echo "gpu_suite: error: $1 needs a value." >&2; exit 2; }
+      case "$1" in
+        --out) DIR=$2 ;; --peer) PEER=$2 ;; --bench) BENCH=$2 ;; --budget) BUDGET=$2 ;;
+      esac
+      shift ;;
     --out=*) DIR=${1#--out=} ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-    *) echo "gpu_suite: error: unknown argument '$1'; use [--tiny] [--out DIR]." >&2; exit 2 ;;
+    --peer=*) PEER=${1#--peer=} ;;
+    --bench=*) BENCH=${1#--bench=} ;;
+    --budget=*) BUDGET=${1#--budget=} ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    *) echo "gpu_suite: error: unknown argument '$1'; use [--tiny] [--out DIR] [--budget S]" \
+            "[--peer TREE --bench FILE]." >&2; exit 2 ;;
   esac
   shift
 done
+if [ -n "$PEER" ] && { [ ! -f "$PEER/cnn/model_search.py" ] || [ ! -f "$BENCH" ]; }; then
+  echo "gpu_suite: error: --peer needs a quark0/darts tree (no $PEER/cnn/model_search.py?)" \
+       "and --bench the harness bench_torch_darts.py (got '$BENCH')." >&2
+  exit 2
+fi
+case "$BUDGET" in ''|*[!0-9]*) echo "gpu_suite: error: --budget takes whole seconds." >&2; exit 2 ;; esac
+START=$(date +%s)
 PY=${PYTHON:-python3}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 mkdir -p "$DIR" || { echo "gpu_suite: error: cannot create --out $DIR." >&2; exit 2; }
@@ -61,26 +89,75 @@ export PYTHONUNBUFFERED=1
 
 if [ "$TINY" = 1 ]; then
   S=(--C=2 --layers=3 --batch=4 --repeats=2); T=(--C=4 --layers=3 --batch=4 --repeats=2)
+  R=(--configs small --init-channels 2 --layers 3 --batch-size 4 --runs 1 --steps 2 --warmup 1)
+  SETTING=tiny
 else
   S=(--C=16 --layers=8 --batch=64 --repeats=10); T=(--preset=paper --repeats=10)
+  R=(--configs paper --runs 1 --steps 10 --warmup 3)
+  SETTING=paper
 fi
-{ echo "# gpu_suite $(date -u +%FT%TZ) tiny=$TINY"; "$PY" -c "import jax; print(jax.__version__, jax.devices())"; } >> "$LOG" 2>&1
+{ echo "# gpu_suite $(date -u +%FT%TZ) tiny=$TINY budget=$BUDGET"; "$PY" -c "import jax; print(jax.__version__, jax.devices())"; } >> "$LOG" 2>&1
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$LOG" 2>&1
 
 FAILED=0
-for kind in weight arch_first_order exact_hvp finite_difference; do
-  echo "[gpu_suite] search step $kind" >&2
-  timeout "$STEP_TIMEOUT" "$PY" benchmarks/search_step.py "${S[@]}" --steps="$kind" \
-      --out="$DIR/search.jsonl" ${SEARCH_FLAGS:-} >> "$LOG" 2>&1 \
-    || { echo "[gpu_suite]   $kind failed or timed out (see $LOG)" >&2; FAILED=1; }
-done
+SKIPPED=()
+# Seconds the next item may run: STEP_TIMEOUT, or less when --budget runs out;
+# 0 (skip) under 40 s.
+allowed() {
+  local t=$STEP_TIMEOUT
+  if [ "$BUDGET" -gt 0 ]; then
+    local left=$(( BUDGET - ($(date +%s) - START) ))
+    [ "$left" -lt "$t" ] && t=$left
+  fi
+  [ "$t" -lt 40 ] && t=0
+  echo "$t"
+}
+# item LABEL CMD...: runs CMD under `allowed` seconds, logs, records a skip or failure.
+item() {
+  local label=$1; shift
+  local t; t=$(allowed)
+  if [ "$t" = 0 ]; then
+    echo "[gpu_suite] $label skipped: --budget spent" >&2; SKIPPED+=("$label"); return
+  fi
+  echo "[gpu_suite] $label (up to ${t} s)" >&2
+  timeout "$t" "$@" >> "$LOG" 2>&1 \
+    || { echo "[gpu_suite]   $label failed or timed out (see $LOG)" >&2; FAILED=1; }
+}
+loadavg() { cut -d' ' -f1-3 /proc/loadavg | tr ' ' /; }
+
+LOAD0=$(loadavg)
+if [ -n "$PEER" ]; then
+  : > "$DIR/ref.jsonl"
+  item "reference ($SETTING)" "${PEER_PYTHON:-$PY}" benchmarks/peer_cuda.py --bench "$BENCH" \
+      "$PEER" "${R[@]}" --threads 4 --peer-commit "${PEER_COMMIT:-f276dd3}" \
+      --kinds weight,arch_first,arch_second --out "$DIR/ref.jsonl"
+fi
+LOAD1=$(loadavg)
+search() {  # search KIND [FLAGS...]
+  local kind=$1; shift
+  item "search step $kind $*" "$PY" benchmarks/search_step.py "${S[@]}" --steps="$kind" \
+      --out="$DIR/search.jsonl" ${SEARCH_FLAGS:-} "$@"
+}
+search weight
+search arch_first_order
+search exact_hvp
+search finite_difference
+if [ -n "$PEER" ]; then
+  search weight --batch_edges
+  search arch_first_order --batch_edges
+fi
+LOAD2=$(loadavg)
 for backend in pmap shard_map; do
   for dtype in float32 bfloat16; do
-    echo "[gpu_suite] training step $backend $dtype" >&2
-    timeout "$STEP_TIMEOUT" "$PY" benchmarks/train_step.py "${T[@]}" --backend="$backend" \
-        --dtype="$dtype" --out="$DIR/train.jsonl" ${TRAIN_FLAGS:-} >> "$LOG" 2>&1 \
-      || { echo "[gpu_suite]   $backend $dtype failed or timed out (see $LOG)" >&2; FAILED=1; }
+    item "training step $backend $dtype" "$PY" benchmarks/train_step.py "${T[@]}" \
+        --backend="$backend" --dtype="$dtype" --out="$DIR/train.jsonl" ${TRAIN_FLAGS:-}
   done
 done
-"$PY" benchmarks/gpu_summary.py "$DIR/search.jsonl" "$DIR/train.jsonl" | tee "$DIR/summary.md"
+SUMMARY=(--setting "$SETTING" --commit "${JDARTS_COMMIT:-?}" --loads "$LOAD0,$LOAD1,$LOAD2")
+[ -n "$PEER" ] && SUMMARY+=(--ref "$DIR/ref.jsonl")
+"$PY" benchmarks/gpu_summary.py "$DIR/search.jsonl" "$DIR/train.jsonl" "${SUMMARY[@]}" \
+  | tee "$DIR/summary.md"
+if [ ${#SKIPPED[@]} -gt 0 ]; then
+  (IFS=';'; echo "Skipped (--budget): ${SKIPPED[*]}") | tee -a "$DIR/summary.md"
+fi
 exit $FAILED

@@ -11,10 +11,15 @@ Projections (compile time left out; add the `compile_s` column once per run):
   weight, `exact_hvp` = exact_hvp + weight, `finite_difference` likewise;
 * the evaluation training of `--train_epochs` (600) epochs on 50,000 images
   takes train_epochs * ceil(50000 / batch) training steps.
+
+With `--ref SUITE_DIR/ref.jsonl` (the reference's rows, `benchmarks/peer_cuda.py`)
+it adds the side-by-side table of `benchmarks/side_by_side.py`: reference and
+jdarts per step kind, per-edge and batched-edges rows, ratios, device memory.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import sys
@@ -87,6 +92,28 @@ def train_table(rows: List[dict], epochs: int) -> str:
   return "\n".join(out)
 
 
+def side_by_side_table(ref_rows: List[dict], search_rows: List[dict], meta: dict) -> str:
+  """Markdown: the reference's rows (`peer_cuda.py`) against ours, per variant.
+
+  Ours are keyed by kind and variant ('batch_edges' where the row was measured
+  with `model.batch_edges`, else 'default'); `meta` as `side_by_side.table`
+  takes it, less what the rows themselves say (setting sizes, torch, jax, device).
+  """
+  import side_by_side  # benchmarks/, beside this file
+  ref = {r["kind"]: r for r in ref_rows if "kind" in r}
+  ours = {(r["kind"], "batch_edges" if r.get("batch_edges") else "default"): r
+          for r in search_rows if "kind" in r}
+  first = next((r for r in search_rows if "init_channels" in r), {})
+  variants = [v for v in ("default", "batch_edges") if any(k[1] == v for k in ours)]
+  full = dict(C=first.get("init_channels", "?"), layers=first.get("layers", "?"),
+              batch=first.get("batch_size", "?"),
+              device=None if first.get("backend", "cpu") == "cpu" else first.get("device"),
+              torch=next((r.get("torch") for r in ref_rows if r.get("torch")), "?"),
+              jax=first.get("jax", "?"), cpu="?", threads="?")
+  full.update(meta)
+  return side_by_side.table(ref, ours, full, variants or ["default"])
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("search_jsonl")
@@ -95,12 +122,27 @@ def main(argv=None) -> int:
   ap.add_argument("--train_images", type=int, default=25000,
                   help="images of the search's training half (CIFAR-10: 25,000)")
   ap.add_argument("--train_epochs", type=int, default=600, help="evaluation epochs (paper: 600)")
+  ap.add_argument("--ref", default="", help="the reference's rows (benchmarks/peer_cuda.py): "
+                  "adds the side-by-side table")
+  ap.add_argument("--setting", default="paper", help="label of the search setting")
+  ap.add_argument("--commit", default="?", help="jdarts commit measured")
+  ap.add_argument("--peer_commit", default="f276dd3", help="the reference's commit")
+  ap.add_argument("--loads", default="?,?,?",
+                  help="load averages before the reference, after it, after ours")
   args = ap.parse_args(argv)
   search_rows = read_jsonl(args.search_jsonl)
   dev = next((r for r in search_rows if "device" in r), {})
   print(f"device: {dev.get('device', '?')} ({dev.get('backend', '?')}), jax "
         f"{dev.get('jax', '?')}\n")
-  print(search_table(search_rows, args.epochs, args.train_images))
+  print(search_table([r for r in search_rows if not r.get("batch_edges")], args.epochs,
+                     args.train_images))
+  if args.ref:
+    loads = (args.loads.split(",") + ["?"] * 3)[:3]
+    meta = dict(setting=args.setting, commit=args.commit, peer_commit=args.peer_commit,
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                load0=loads[0], load1=loads[1], load2=loads[2])
+    print()
+    print(side_by_side_table(read_jsonl(args.ref), search_rows, meta))
   if args.train_jsonl:
     print()
     print(train_table(read_jsonl(args.train_jsonl), args.train_epochs))

@@ -92,17 +92,22 @@ def table(ref, ours, meta, variants=("default",), rows=ROWS) -> str:
 
   `ref`: {reference kind: row}; `ours`: {(our kind, variant): row}; one line
   per variant and kind of `rows` (a subset of `ROWS`), '-' where a figure is missing.
+  With `meta['device']` (a GPU run) the memory columns are device peaks: the
+  reference's CUDA allocator (`peer_cuda.py`) and XLA's `device_peak_mb`.
   """
   f = lambda x: "-" if x is None else (f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}")
+  device = meta.get("device")  # a GPU/TPU run: device memory instead of host RSS
+  where = f"device: {device}" if device else f"CPU: {meta['cpu']}; {meta['threads']} threads"
   out = [f"Side by side, {meta['setting']} (C={meta['C']}, {meta['layers']} cells, batch "
-         f"{meta['batch']}), {meta['date']}; CPU: {meta['cpu']}; {meta['threads']} threads; "
+         f"{meta['batch']}), {meta['date']}; {where}; "
          f"reference quark0/darts {meta['peer_commit']} in torch {meta['torch']}, "
          f"jdarts {meta['commit']} in jax {meta['jax']}.",
          f"Load average (1/5/15 min): before the reference {meta['load0']}, after it "
          f"{meta['load1']}, after ours {meta['load2']}.", "",
          "| step | reference min / median ms | jdarts min / median ms | ref / ours (min) "
          "| ref / ours (median) | jdarts compile s (wall / CPU) | reference peak MB "
-         "| jdarts peak MB (compile / run) |",
+         + ("(CUDA allocator) | jdarts peak MB (device) |" if device
+            else "| jdarts peak MB (compile / run) |"),
          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for variant in variants:
     for kind, ref_kind, label in rows:
@@ -114,8 +119,9 @@ def table(ref, ours, meta, variants=("default",), rows=ROWS) -> str:
       out.append(
           f"| {label} | {f(rmin)} / {f(rmed)} | {f(omin)} / {f(omed)} | {ratio(rmin, omin)} "
           f"| {ratio(rmed, omed)} | {f(o.get('compile_s'))} / {f(o.get('compile_cpu_s'))} "
-          f"| {f(r.get('peak_rss_mb'))} | {f(o.get('compile_peak_rss_mb'))} / "
-          f"{f(o.get('run_peak_rss_mb'))} |")
+          f"| {f(r.get('peak_rss_mb'))} | "
+          + (f"{f(o.get('device_peak_mb'))} |" if device else
+             f"{f(o.get('compile_peak_rss_mb'))} / {f(o.get('run_peak_rss_mb'))} |"))
   errors = [f"{k}: {v['error']}" for d in (ref, ours) for k, v in d.items() if "error" in v]
   if errors:
     out += ["", "Failed: " + "; ".join(errors)]
