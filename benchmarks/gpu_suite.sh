@@ -26,13 +26,17 @@
 # weight and first order with batched edges; training steps. Relative paths
 # are taken from the repository root.
 # JSON lines go to DIR (default $OUT if set, else gpu_suite_out/): search.jsonl,
-# train.jsonl, ref.jsonl, summary.md, log.txt.
+# train.jsonl, ref.jsonl, summary.md, log.txt (passes.md with PASS_TIMES=1).
 #
 # If the packages are not importable, they are installed from benchmarks/gpu_wheels/*.whl
 # (made by benchmarks/gpu_wheels.sh beforehand; never committed) into a
 # temporary site directory; nothing is downloaded here.
 # Environment: PYTHON (default python3), STEP_TIMEOUT (s per measured process,
-# default 300), SEARCH_FLAGS / TRAIN_FLAGS (extra flags, e.g. --primitives=...).
+# default 300), SEARCH_FLAGS / TRAIN_FLAGS (extra flags, e.g. --primitives=...),
+# PASS_TIMES=1: XLA logs its passes and DIR/passes.md gets each item's compile
+# time per HLO pass (benchmarks/pass_times.py; also for an item that timed out).
+# Every measured process says on stderr (in log.txt) when it has lowered,
+# compiled and run, so a timeout still shows where the time went.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TINY=0
@@ -51,7 +55,7 @@ while [ $# -gt 0 ]; do
     --peer=*) PEER=${1#--peer=} ;;
     --bench=*) BENCH=${1#--bench=} ;;
     --budget=*) BUDGET=${1#--budget=} ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) echo "gpu_suite: error: unknown argument '$1'; use [--tiny] [--out DIR] [--budget S]" \
             "[--peer TREE --bench FILE]." >&2; exit 2 ;;
   esac
@@ -67,7 +71,7 @@ START=$(date +%s)
 PY=${PYTHON:-python3}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 mkdir -p "$DIR" || { echo "gpu_suite: error: cannot create --out $DIR." >&2; exit 2; }
-: > "$DIR/search.jsonl"; : > "$DIR/train.jsonl"
+: > "$DIR/search.jsonl"; : > "$DIR/train.jsonl"; rm -f "$DIR/passes.md"
 LOG="$DIR/log.txt"; : > "$LOG"
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -120,8 +124,20 @@ item() {
     echo "[gpu_suite] $label skipped: --budget spent" >&2; SKIPPED+=("$label"); return
   fi
   echo "[gpu_suite] $label (up to ${t} s)" >&2
-  timeout "$t" "$@" >> "$LOG" 2>&1 \
-    || { echo "[gpu_suite]   $label failed or timed out (see $LOG)" >&2; FAILED=1; }
+  if [ "${PASS_TIMES:-0}" = 1 ]; then
+    local tmp; tmp=$(mktemp /tmp/gpu_suite_item.XXXX)
+    TF_CPP_MIN_LOG_LEVEL=0 TF_CPP_VMODULE=hlo_pass_pipeline=1 timeout "$t" "$@" > "$tmp" 2>&1 \
+      || { echo "[gpu_suite]   $label failed or timed out (see $LOG)" >&2; FAILED=1; }
+    grep -v "hlo_pass_pipeline.cc" "$tmp" >> "$LOG"
+    if grep -q "HLO pass: " "$tmp"; then
+      { echo "## $label"; echo; "$PY" benchmarks/pass_times.py "$tmp" --top 12 --modules 1
+        echo; } >> "$DIR/passes.md" 2>&1
+    fi
+    rm -f "$tmp"
+  else
+    timeout "$t" "$@" >> "$LOG" 2>&1 \
+      || { echo "[gpu_suite]   $label failed or timed out (see $LOG)" >&2; FAILED=1; }
+  fi
 }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg | tr ' ' /; }
 

@@ -179,8 +179,15 @@ def step_fns(space, cfg, w_opt, a_opt, sched):
   return fns
 
 
+def _say(label: str, msg: str) -> None:
+  """A progress line on stderr, at once: a child killed by a timeout still says how far
+  it got (lowered, compiled, ran), which is the figure a short GPU lease needs."""
+  if label:
+    print(f"[search_step] {label}: {msg}", file=sys.stderr, flush=True)
+
+
 def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = True,
-            compiler_options=None) -> dict:
+            compiler_options=None, label: str = "") -> dict:
   """Compiles `fn` (state donated), warms up, times `repeats` calls; the cost fields of a row.
 
   `compiler_options` are the XLA options of the program (the search loops'
@@ -197,10 +204,13 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
   rss0 = host_memory.resident_mb()
   resettable = reset_peak_rss()
   t0, c0 = time.perf_counter(), time.process_time()
+  _say(label, "lowering")
   lowered = jitted.lower(state, tb, vb)
   t1, c1 = time.perf_counter(), time.process_time()
+  _say(label, f"lowered in {t1 - t0:.1f} s; compiling")
   compiled = lowered.compile()
   t2, c2 = time.perf_counter(), time.process_time()
+  _say(label, f"compiled in {t2 - t1:.1f} s ({c2 - c1:.1f} CPU s); running")
   compile_peak = peak_rss_mb()
   dev_compile = device_memory_mb()[1]
   program = None
@@ -228,6 +238,7 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
     times.append(time.perf_counter() - w0)
     cpu += time.process_time() - p0
   run_peak = peak_rss_mb()
+  _say(label, f"{repeats} steps, min {1e3 * min(times):.1f} ms")
   rnd = lambda x, n=1: None if x is None else round(x, n)
   return {"ms_per_step": rnd(1e3 * statistics.median(times)),
           "ms_min": rnd(1e3 * min(times)), "step_ms": [rnd(1e3 * t) for t in times],
@@ -293,15 +304,18 @@ def main(argv=None):
   if args.isolate and len(kinds) > 1:
     raise SystemExit(run_isolated(args, kinds))
 
+  t0 = time.perf_counter()
   space, cfg, w_opt, a_opt, sched, state, tb, vb = build(
       args.C, args.layers, args.batch, args.depthwise, args.primitives, args.batch_edges,
       dtype=args.dtype, remat=args.remat)
+  _say(",".join(kinds), f"supernet built in {time.perf_counter() - t0:.1f} s on "
+       f"{jax.devices()[0].device_kind}")
   fns = step_fns(space, cfg, w_opt, a_opt, sched)
   for name in kinds:
     load0 = os.getloadavg()[0]
     cost = measure(fns[name], state, tb, vb, args.repeats, args.warmup,
                    release=not args.keep_freed,
-                   compiler_options={} if args.xla_default else None)
+                   compiler_options={} if args.xla_default else None, label=name)
     # One step of the bilevel search consumes a train and a val batch; the
     # weight-only and arch-only steps consume one.
     images = 2 * args.batch if name == "fused_first_order" else args.batch

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import compile_profile  # noqa: E402
 import depthwise_forms  # noqa: E402
 import gpu_summary  # noqa: E402
+import pass_times  # noqa: E402
 import search_step  # noqa: E402
 import side_by_side  # noqa: E402
 
@@ -79,6 +80,57 @@ def test_gpu_summary_projects_search_and_training_hours():
   assert line("first_order").endswith(f"| {2925 / 3600:.2f} |")
   assert line("exact_hvp").endswith(f"| {50 * 390 * 0.35 / 3600:.2f} |")
   assert "missing" in line("finite_difference")
+
+
+def test_gpu_summary_side_by_side_keys_batched_rows_apart():
+  ref = [dict(kind="weight", ms_min=400.0, ms_per_step=420.0, peak_rss_mb=7000.0,
+              torch="t")]
+  search = [dict(kind="weight", ms_min=100.0, ms_per_step=110.0, batch_edges=False,
+                 device_peak_mb=2000.0, backend="gpu", device="H", init_channels=16,
+                 layers=8, batch_size=64, jax="j"),
+            dict(kind="weight", ms_min=50.0, ms_per_step=55.0, batch_edges=True,
+                 device_peak_mb=1000.0, backend="gpu", device="H")]
+  lines = gpu_summary.side_by_side_table(ref, search, dict(setting="paper", commit="c",
+                                                           peer_commit="p", date="d",
+                                                           load0="0", load1="1",
+                                                           load2="2")).splitlines()
+  assert "device: H;" in lines[0] and "(C=16, 8 cells, batch 64)" in lines[0]
+  per_edge = next(l for l in lines if l.startswith("| weight |"))
+  batched = next(l for l in lines if l.startswith("| weight, batch_edges |"))
+  assert "| 4.00x |" in per_edge and "| 7000 | 2000 |" in per_edge
+  assert "| 8.00x |" in batched and "| 7000 | 1000 |" in batched
+
+
+def test_pass_times_accounts_for_a_real_compile(tmp_path):
+  """XLA's own pass log of one compile: the jitted module is found, its passes
+  sum to more than nothing and to less than the compile's wall time (measured
+  apart, in the child), and nested pipelines are not counted twice."""
+  code = ("import time, jax, jax.numpy as jnp\n"
+          "f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(0))\n"
+          "l = f.lower(jnp.ones((64, 64)))\n"
+          "t = time.perf_counter(); l.compile(); print('WALL', time.perf_counter() - t)\n")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="hlo_pass_pipeline=1",
+             XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+  assert p.returncode == 0, p.stderr[-2000:]
+  wall = float(next(l for l in p.stdout.splitlines() if l.startswith("WALL")).split()[1])
+  times = pass_times.parse(p.stderr.splitlines())
+  module = next(m for m in times if m.startswith("jit__lambda"))
+  total = sum(times[module].values()) / 1e6
+  assert 0 < total < wall
+  # A nested pipeline is logged as a pass of its parent (the log has such lines):
+  # dropped from the sums.
+  pipelines = {pipe for d in times.values() for pipe, _ in d}
+  logged = {m.group(2) for m in map(pass_times._PASS.match, p.stderr.splitlines()) if m}
+  assert logged & pipelines
+  assert not any(name in pipelines for d in times.values() for _, name in d)
+  log = tmp_path / "log"
+  log.write_text(p.stderr)
+  assert pass_times.main([str(log), "--top", "3"]) == 0
+  empty = tmp_path / "empty"
+  empty.write_text("nothing\n")
+  assert pass_times.main([str(empty)]) == 1
 
 
 def test_side_by_side_table_ratios_and_failures():
