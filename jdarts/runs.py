@@ -456,6 +456,11 @@ class Run:
     try:
       while step < total and not preempt.is_set:
         t0 = time.time()
+        if compile_s is None:
+          # Silence until the first step returns reads as a hang: on CPU a
+          # second-order step compiles for minutes, and a GPU weight step too.
+          log.info("compiling the %s step (the first call; minutes for large or "
+                   "second-order programs) ...", self.name)
         state, metrics = advance(state, step)
         step += 1
         self._pending.append((step, metrics))

@@ -1,6 +1,7 @@
 """Handing freed heap memory back to the OS (`jdarts.host_memory`) and where the loops do it."""
 import ctypes
 import ctypes.util
+import logging
 import sys
 import threading
 
@@ -60,11 +61,26 @@ def test_run_steps_releases_once_after_the_first_step(tmp_path, monkeypatch):
   def advance(state, step):
     events.append(step)
     return state + 1, {"train_loss": jnp.float32(1.0)}
-  state, step, _ = r.steps(jnp.zeros(()), 0, 4, advance, items_per_step=1,
-                           steps_per_epoch=2, host_state=lambda s: s, extra=lambda s: {})
+
+  class Announced(logging.Handler):
+    def emit(self, record):
+      if record.getMessage().startswith("compiling the search step"):
+        events.append("compiling")
+  handler = Announced(logging.INFO)
+  logger = logging.getLogger("jdarts")
+  logger.addHandler(handler)
+  level = logger.level
+  logger.setLevel(logging.INFO)
+  try:
+    state, step, _ = r.steps(jnp.zeros(()), 0, 4, advance, items_per_step=1,
+                             steps_per_epoch=2, host_state=lambda s: s, extra=lambda s: {})
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
   assert step == 4 and int(state) == 4
-  # After the first step (its compile), not before and not per step.
-  assert events == [0, "release", 1, 2, 3], events
+  # Released after the first step (its compile), not before and not per step;
+  # the compile is announced once, before it starts (a silent wait reads as a hang).
+  assert events == ["compiling", 0, "release", 1, 2, 3], events
 
 
 def test_eval_warm_up_releases_when_compiled(monkeypatch):
