@@ -163,6 +163,21 @@ def test_side_by_side_refuses_missing_torch_venv(tmp_path):
   assert p.stderr.strip().splitlines()[-1].startswith("side_by_side: error: --ptv has no")
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--budget", "ten"], "--budget takes whole seconds"),
+    (["--peer", "nowhere", "--bench", "nothing.py"], "--peer needs a quark0/darts tree"),
+    (["--out"], "--out needs a value"),
+    (["--frob"], "unknown argument '--frob'")])
+def test_gpu_suite_refuses_bad_arguments_before_any_work(tmp_path, args, says):
+  # Refused before the output folder is made or anything is imported or timed.
+  p = subprocess.run([os.path.join(ROOT, "benchmarks", "gpu_suite.sh"), *args],
+                     capture_output=True, text=True, cwd=tmp_path,
+                     env=dict(os.environ, OUT=str(tmp_path / "out")))
+  assert p.returncode == 2
+  assert p.stderr.startswith("gpu_suite: error: ") and says in p.stderr, p.stderr
+  assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_gpu_suite_tiny_on_cpu(tmp_path):
   out = tmp_path / "suite"
