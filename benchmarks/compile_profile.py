@@ -74,6 +74,9 @@ def hlo_counts(text: str) -> dict:
 
 
 _NOT_KERNELS = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant"}
+# One HLO instruction line: its name, opcode and operands. The shape before the
+# opcode may be a tuple, with spaces (a multi-output fusion).
+INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = .*? ([a-z][\w\-]*)\((.*)$")
 
 
 def source_of(op_name: str):
@@ -104,8 +107,8 @@ def kernel_sources(text: str, top: int = 12) -> list:
   end = entry.find("\n}\n")
   counts: dict = {}
   for line in (entry if end < 0 else entry[:end]).splitlines():
-    m = re.match(r"\s*(?:ROOT )?%?[\w.\-]+ = \S+ ([\w\-]+)\(", line)
-    if not m or m.group(1) in _NOT_KERNELS:
+    m = INSTRUCTION.match(line)
+    if not m or m.group(2) in _NOT_KERNELS:
       continue
     name = re.search(r'op_name="([^"]*)"', line)
     key = source_of(name.group(1) if name else "")

@@ -44,8 +44,6 @@ sys.path.insert(0, HERE)
 
 import compile_profile  # noqa: E402
 
-_INSTR = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = .*? ([a-z][\w\-]*)\((.*)$")
-
 
 def instruction_sources(text: str) -> dict:
   """{instruction name: (module, 'fwd'|'bwd')} for every instruction of an optimised HLO module.
@@ -57,7 +55,7 @@ def instruction_sources(text: str) -> dict:
   """
   named, operands = {}, {}
   for line in text.splitlines():
-    m = _INSTR.match(line)
+    m = compile_profile.INSTRUCTION.match(line)
     if not m:
       continue
     name, args = m.group(1), m.group(3)

@@ -227,11 +227,14 @@ ENTRY %main (a: f32[2]) -> f32[2] {
   %f2 = f32[2]{0} fusion(%f1), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/transpose(jvp(Net))/cell_1/MixedOp_2/BatchNorm_0/mul"}
   %f3 = f32[2]{0} fusion(%f2), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/transpose(jvp(Net))/cell_1/BatchNorm_1/add"}
   %b = f32[2]{0} bitcast(%f3)
-  ROOT %f4 = f32[2]{0} fusion(%b), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/add"}
+  %f5 = (f32[2]{0}, f32[2]{0}) fusion(%b), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/transpose(jvp(Net))/cell_1/BatchNorm_1/mul"}
+  %g = f32[2]{0} get-tuple-element(%f5), index=0
+  ROOT %f4 = f32[2]{0} fusion(%g), kind=kLoop, calls=%fused, metadata={op_name="jit(f)/add"}
 }
 """
+  # A multi-output fusion (tuple shape, spaces in it) is a kernel too.
   assert compile_profile.kernel_sources(hlo) == [
-      ("BatchNorm", "bwd", 2), ("BatchNorm", "fwd", 1), ("top:add", "fwd", 1)]
+      ("BatchNorm", "bwd", 3), ("BatchNorm", "fwd", 1), ("top:add", "fwd", 1)]
 
 
 def test_step_profile_attributes_run_time_to_modules(tmp_path):
