@@ -28,6 +28,7 @@ setuptools.setup(
     ],
     extras_require={
         "cuda12": ["jax[cuda12]"],
+        "cuda13": ["jax[cuda13]"],  # NVIDIA driver >= 580 (the H200 measured in RESULTS.md)
         "tpu": ["jax[tpu]"],
         "viz": ["matplotlib>=3.7"],
         "test": ["pytest>=7", "matplotlib>=3.7"],
