@@ -456,11 +456,8 @@ class Run:
     try:
       while step < total and not preempt.is_set:
         t0 = time.time()
-        if compile_s is None:
-          # Silence until the first step returns reads as a hang: on CPU a
-          # second-order step compiles for minutes, and a GPU weight step too.
-          log.info("compiling the %s step (the first call; minutes for large or "
-                   "second-order programs) ...", self.name)
+        if compile_s is None:  # minutes of silent compiling would read as a hang
+          log.info("compiling the %s step (the first call) ...", self.name)
         state, metrics = advance(state, step)
         step += 1
         self._pending.append((step, metrics))
@@ -468,8 +465,7 @@ class Run:
           jax.block_until_ready(metrics)
           compile_s = time.time() - t0
           log.info("first step (compilation included) took %.1f s", compile_s)
-          # The compiler's freed memory would otherwise stay resident all run.
-          released = host_memory.release_measured()
+          released = host_memory.release_measured()  # compiler garbage, else kept all run
           if released:
             log.info("host memory %.0f MB -> %.0f MB after handing the compiler's "
                      "freed memory back", *released)
