@@ -133,6 +133,65 @@ def test_pass_times_accounts_for_a_real_compile(tmp_path):
   assert pass_times.main([str(empty)]) == 1
 
 
+def _fake_torch(cuda: bool, calls: list):
+  """A stand-in for torch with only what `peer_cuda` touches (torch is no dependency)."""
+  import types
+  return types.SimpleNamespace(
+      backends=types.SimpleNamespace(cudnn=types.SimpleNamespace(benchmark=False)),
+      cuda=types.SimpleNamespace(
+          is_available=lambda: cuda, synchronize=lambda: calls.append("sync"),
+          reset_peak_memory_stats=lambda: calls.append("reset"),
+          get_device_name=lambda i: "FakeGPU",
+          max_memory_allocated=lambda: 3 * 2**20))
+
+
+def test_peer_cuda_runs_children_through_itself_and_moves_the_peer(monkeypatch):
+  import types
+  calls = []
+  harness = "/h/bench_torch_darts.py"
+
+  class Moved:
+    def __init__(self, name):
+      self.name = name
+
+    def cuda(self):
+      calls.append("cuda " + self.name)
+      return self
+
+  def build(args, cfg):
+    peer = types.SimpleNamespace(model=Moved("model"), b=(Moved("x"), Moved("y")))
+    return "torch", peer, ["harness patch"], 1.5
+
+  def bench():
+    return types.SimpleNamespace(
+        child_cmd=lambda args, config, kind, mode: ["py", harness, "tree", "--kind", kind],
+        build=build, timed=None, peak_rss_mb=lambda: 111.0)
+
+  import peer_cuda
+  adapter = os.path.abspath(peer_cuda.__file__)
+  # Without CUDA: children run through the adapter, nothing else changes.
+  monkeypatch.setitem(sys.modules, "torch", _fake_torch(False, calls))
+  b = bench()
+  peer_cuda.patch_for_cuda(b, harness)
+  assert b.child_cmd(None, "paper", "weight", "child") == [
+      "py", adapter, "--bench", harness, "tree", "--kind", "weight"]
+  assert b.build is build and b.timed is None and b.peak_rss_mb() == 111.0 and not calls
+  # With CUDA: model and batches moved, every timed step synchronised on both
+  # sides, the peak read from the CUDA allocator, and all of it declared.
+  fake = _fake_torch(True, calls)
+  monkeypatch.setitem(sys.modules, "torch", fake)
+  b = bench()
+  peer_cuda.patch_for_cuda(b, harness)
+  assert fake.backends.cudnn.benchmark is True
+  _, peer, patches, build_s = b.build(None, None)
+  assert calls == ["cuda model", "cuda x", "cuda y", "reset"] and build_s == 1.5
+  assert patches[0] == "harness patch" and "FakeGPU" in patches[1]
+  calls.clear()
+  b.timed(lambda: calls.append("step"))
+  assert calls == ["sync", "step", "sync"]
+  assert b.peak_rss_mb() == 3.0
+
+
 def test_side_by_side_table_ratios_and_failures():
   ref = {"weight": dict(ms_min=1000.0, ms_per_step=1200.0, peak_rss_mb=900.0),
          "arch_first": dict(ms_min=1200.0, ms_per_step=1300.0, peak_rss_mb=950.0),
