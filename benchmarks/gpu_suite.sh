@@ -4,7 +4,7 @@
 # over 230 s, so on a short lease give it --budget.
 #
 #   benchmarks/gpu_wheels.sh                 # once, where a package registry is reachable
-#   benchmarks/gpu_suite.sh [--tiny] [--out DIR] [--budget S] [--batched]
+#   benchmarks/gpu_suite.sh [--tiny] [--out DIR] [--budget S] [--batched] [--forms F,G]
 #       [--peer PEERS/darts --bench PEERS/bench_torch_darts.py]
 #
 # Measures, at the paper's setting by default (search supernet C=16, 8 cells,
@@ -23,13 +23,16 @@
 # PEER_PYTHON, default PYTHON, must have torch with CUDA; 4 torch threads), and
 # the summary adds the side-by-side table (ratios). --batched: also the weight
 # and first-order steps of the batched-edges supernet (model.batch_edges).
+# --forms F,G: first of all, the weight step with model.depthwise forced to each
+# form (e.g. dense,fused: the forms without grouped convolutions), into
+# forms.jsonl and a table of its own.
 # --budget S: the whole suite's wall seconds (a lease is short): each item runs
 # under the time left, those that would start with under 40 s left are
 # skipped (and named). Order: reference; the four search kinds per edge;
 # weight and first order with batched edges; training steps. Relative paths
 # are taken from the repository root.
 # JSON lines go to DIR (default $OUT if set, else gpu_suite_out/): search.jsonl,
-# train.jsonl, ref.jsonl, summary.md, log.txt (passes.md with PASS_TIMES=1).
+# train.jsonl, ref.jsonl, forms.jsonl, summary.md, log.txt (passes.md with PASS_TIMES=1).
 #
 # If the packages are not importable, they are installed from benchmarks/gpu_wheels/*.whl
 # (made by benchmarks/gpu_wheels.sh beforehand; never committed) into a
@@ -44,24 +47,26 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 TINY=0
 DIR=${OUT:-gpu_suite_out}
-PEER=""; BENCH=""; BUDGET=0; BATCHED=0
+PEER=""; BENCH=""; BUDGET=0; BATCHED=0; FORMS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tiny) TINY=1 ;;
     --batched) BATCHED=1 ;;
-    --out|--peer|--bench|--budget)
+    --out|--peer|--bench|--budget|--forms)
       [ $# -ge 2 ] || { echo "gpu_suite: error: $1 needs a value." >&2; exit 2; }
       case "$1" in
         --out) DIR=$2 ;; --peer) PEER=$2 ;; --bench) BENCH=$2 ;; --budget) BUDGET=$2 ;;
+        --forms) FORMS=$2 ;;
       esac
       shift ;;
+    --forms=*) FORMS=${1#--forms=} ;;
     --out=*) DIR=${1#--out=} ;;
     --peer=*) PEER=${1#--peer=} ;;
     --bench=*) BENCH=${1#--bench=} ;;
     --budget=*) BUDGET=${1#--budget=} ;;
-    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
     *) echo "gpu_suite: error: unknown argument '$1'; use [--tiny] [--out DIR] [--budget S]" \
-            "[--batched] [--peer TREE --bench FILE]." >&2; exit 2 ;;
+            "[--batched] [--forms F,G] [--peer TREE --bench FILE]." >&2; exit 2 ;;
   esac
   shift
 done
@@ -71,11 +76,18 @@ if [ -n "$PEER" ] && { [ ! -f "$PEER/cnn/model_search.py" ] || [ ! -f "$BENCH" ]
   exit 2
 fi
 case "$BUDGET" in ''|*[!0-9]*) echo "gpu_suite: error: --budget takes whole seconds." >&2; exit 2 ;; esac
+for form in ${FORMS//,/ }; do
+  case "$form" in
+    auto|dense|fused|xla|shift) ;;
+    *) echo "gpu_suite: error: --forms: unknown depthwise form '$form'; choose from" \
+            "auto, dense, fused, xla, shift." >&2; exit 2 ;;
+  esac
+done
 START=$(date +%s)
 PY=${PYTHON:-python3}
 STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 mkdir -p "$DIR" || { echo "gpu_suite: error: cannot create --out $DIR." >&2; exit 2; }
-: > "$DIR/search.jsonl"; : > "$DIR/train.jsonl"; rm -f "$DIR/passes.md"
+: > "$DIR/search.jsonl"; : > "$DIR/train.jsonl"; rm -f "$DIR/passes.md" "$DIR/forms.jsonl"
 LOG="$DIR/log.txt"; : > "$LOG"
 
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -158,6 +170,10 @@ search() {  # search KIND [FLAGS...]
   item "search step $kind $*" "$PY" benchmarks/search_step.py "${S[@]}" --steps="$kind" \
       --out="$DIR/search.jsonl" ${SEARCH_FLAGS:-} "$@"
 }
+for form in ${FORMS//,/ }; do
+  item "search step weight --depthwise=$form" "$PY" benchmarks/search_step.py "${S[@]}" \
+      --steps=weight --out="$DIR/forms.jsonl" ${SEARCH_FLAGS:-} --depthwise="$form"
+done
 search weight
 search arch_first_order
 search exact_hvp
@@ -175,6 +191,7 @@ for backend in pmap shard_map; do
 done
 SUMMARY=(--setting "$SETTING" --commit "${JDARTS_COMMIT:-?}" --loads "$LOAD0,$LOAD1,$LOAD2")
 [ -n "$PEER" ] && SUMMARY+=(--ref "$DIR/ref.jsonl")
+[ -s "$DIR/forms.jsonl" ] && SUMMARY+=(--forms "$DIR/forms.jsonl")
 "$PY" benchmarks/gpu_summary.py "$DIR/search.jsonl" "$DIR/train.jsonl" "${SUMMARY[@]}" \
   | tee "$DIR/summary.md"
 if [ ${#SKIPPED[@]} -gt 0 ]; then

@@ -14,7 +14,9 @@ Projections (compile time left out; add the `compile_s` column once per run):
 
 With `--ref SUITE_DIR/ref.jsonl` (the reference's rows, `benchmarks/peer_cuda.py`)
 it adds the side-by-side table of `benchmarks/side_by_side.py`: reference and
-jdarts per step kind, per-edge and batched-edges rows, ratios, device memory.
+jdarts per step kind, per-edge and batched-edges rows, ratios, device memory;
+with `--forms SUITE_DIR/forms.jsonl`, a table of the weight step per forced
+depthwise form.
 """
 from __future__ import annotations
 
@@ -77,6 +79,20 @@ def search_table(rows: List[dict], epochs: int, train_images: int) -> str:
   return "\n".join(out)
 
 
+def forms_table(rows: List[dict]) -> str:
+  """Markdown: one step kind per forced `model.depthwise` form (gpu_suite --forms)."""
+  out = ["| step, depthwise form | ms/step (min / median) | lower s | compile s | "
+         "peak MB (device, else host run) |", "| --- | --- | --- | --- | --- |"]
+  for r in rows:
+    if "kind" not in r or "error" in r:
+      continue
+    peak = r.get("device_peak_mb") or r.get("run_peak_rss_mb")
+    out.append(f"| {r['kind']}, {r.get('depthwise', '?')} | {_f(r['ms_min'])} / "
+               f"{_f(r['ms_per_step'])} | {_f(r.get('lower_s'))} | {_f(r.get('compile_s'))} | "
+               f"{_f(peak, 0)} |")
+  return "\n".join(out)
+
+
 def train_table(rows: List[dict], epochs: int) -> str:
   """Markdown: per (wrapper, dtype), ms/step, images/s, compile, memory, projection."""
   out = ["| training step | ms/step (min / median) | images/s | compile s | peak MB | "
@@ -124,6 +140,8 @@ def main(argv=None) -> int:
   ap.add_argument("--train_epochs", type=int, default=600, help="evaluation epochs (paper: 600)")
   ap.add_argument("--ref", default="", help="the reference's rows (benchmarks/peer_cuda.py): "
                   "adds the side-by-side table")
+  ap.add_argument("--forms", default="", help="rows of the weight step per depthwise form "
+                  "(gpu_suite --forms): adds their table")
   ap.add_argument("--setting", default="paper", help="label of the search setting")
   ap.add_argument("--commit", default="?", help="jdarts commit measured")
   ap.add_argument("--peer_commit", default="f276dd3", help="the reference's commit")
@@ -136,6 +154,9 @@ def main(argv=None) -> int:
         f"{dev.get('jax', '?')}\n")
   print(search_table([r for r in search_rows if not r.get("batch_edges")], args.epochs,
                      args.train_images))
+  if args.forms:
+    print()
+    print(forms_table(read_jsonl(args.forms)))
   if args.ref:
     loads = (args.loads.split(",") + ["?"] * 3)[:3]
     meta = dict(setting=args.setting, commit=args.commit, peer_commit=args.peer_commit,

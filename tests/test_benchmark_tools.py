@@ -80,6 +80,9 @@ def test_gpu_summary_projects_search_and_training_hours():
   assert line("first_order").endswith(f"| {2925 / 3600:.2f} |")
   assert line("exact_hvp").endswith(f"| {50 * 390 * 0.35 / 3600:.2f} |")
   assert "missing" in line("finite_difference")
+  forms = gpu_summary.forms_table([dict(rows[0], depthwise="dense", lower_s=2.0),
+                                   {"kind": "weight", "error": "child exited 124"}])
+  assert forms.splitlines()[2:] == ["| weight, dense | 49.0 / 50.0 | 2.0 | 1.0 | 10 |"]
 
 
 def test_gpu_summary_side_by_side_keys_batched_rows_apart():
@@ -226,6 +229,7 @@ def test_side_by_side_refuses_missing_torch_venv(tmp_path):
     (["--budget", "ten"], "--budget takes whole seconds"),
     (["--peer", "nowhere", "--bench", "nothing.py"], "--peer needs a quark0/darts tree"),
     (["--out"], "--out needs a value"),
+    (["--forms", "dense,bogus"], "unknown depthwise form 'bogus'"),
     (["--frob"], "unknown argument '--frob'")])
 def test_gpu_suite_refuses_bad_arguments_before_any_work(tmp_path, args, says):
   # Refused before the output folder is made or anything is imported or timed.
