@@ -107,11 +107,19 @@ def main(argv=None):
     if not getattr(args, k):
       setattr(args, k, v)
 
+  # Progress on stderr as it goes: a run killed by a timeout (a short GPU
+  # lease) still says whether it got past compiling.
+  say = lambda msg: print(f"[train_step] {args.backend} {args.dtype}: {msg}", file=sys.stderr,
+                          flush=True)
+  say(f"building and compiling C={args.C}, {args.layers} cells, batch {args.batch} on "
+      f"{jax.devices()[0].device_kind}")
   compiled, compile_s, state, batch, n_params = build(args)
   t0 = time.perf_counter()
   state, metrics = compiled(state, batch)  # warm-up (first-run allocations)
   jax.block_until_ready(metrics)
   first_s = time.perf_counter() - t0
+  say(f"first step done ({'compiled in %.1f s, ' % compile_s if compile_s else ''}"
+      f"first call {first_s:.1f} s); timing {args.repeats} steps")
   times = []
   for _ in range(args.repeats):
     t0 = time.perf_counter()
