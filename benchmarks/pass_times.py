@@ -19,39 +19,36 @@ import argparse
 import collections
 import re
 import sys
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List
 
 _PIPELINE = re.compile(r"^\S+\s+\S+\s+(\d+) .*Running HLO pass pipeline on module (\S+): (.*)$")
 _PASS = re.compile(r"^\S+\s+\S+\s+(\d+) .*HLO pass: (\S+) time: .*?\((\d+) us\)")
 
 
-def parse(lines: Iterable[str]) -> Dict[str, Dict[Tuple[str, str], int]]:
-  """{module: {(pipeline, pass): microseconds}} from XLA's pass-pipeline log lines.
+def parse(lines: Iterable[str]) -> Dict[str, Dict[str, int]]:
+  """{module: {pass: microseconds}} from XLA's pass-pipeline log lines.
 
   Threads interleave (XLA compiles modules on several threads), so each line is
-  attributed to the pipeline its thread announced last. A nested pipeline is
+  attributed to the module its thread announced last. A nested pipeline is
   itself logged as a pass of its parent, around its own passes: such entries
   (a pass named as a pipeline of the log) are dropped, so nothing counts twice.
   """
   lines = list(lines)
   pipelines = {m.group(3).strip() for m in map(_PIPELINE.match, lines) if m}
-  current: Dict[str, Tuple[str, str]] = {}
-  out: Dict[str, Dict[Tuple[str, str], int]] = collections.defaultdict(
-      lambda: collections.defaultdict(int))
+  module_of: Dict[str, str] = {}  # thread id -> module
+  out: Dict[str, Dict[str, int]] = collections.defaultdict(lambda: collections.defaultdict(int))
   for line in lines:
     m = _PIPELINE.match(line)
     if m:
-      current[m.group(1)] = (m.group(2), m.group(3).strip())
+      module_of[m.group(1)] = m.group(2)
       continue
     m = _PASS.match(line)
     if m and m.group(2) not in pipelines:
-      module, pipeline = current.get(m.group(1), ("?", "?"))
-      out[module][(pipeline, m.group(2))] += int(m.group(3))
+      out[module_of.get(m.group(1), "?")][m.group(2)] += int(m.group(3))
   return out
 
 
-def report(times: Dict[str, Dict[Tuple[str, str], int]], top: int = 15,
-           modules: int = 2) -> str:
+def report(times: Dict[str, Dict[str, int]], top: int = 15, modules: int = 2) -> str:
   """Markdown: seconds per module, then the top passes of the largest `modules`."""
   total = lambda d: sum(d.values()) / 1e6
   ranked = sorted(times, key=lambda m: -total(times[m]))
@@ -59,12 +56,9 @@ def report(times: Dict[str, Dict[Tuple[str, str], int]], top: int = 15,
          f"{len(times)} modules", "", "| module | pass s |", "| --- | --- |"]
   out += [f"| {m} | {total(times[m]):.2f} |" for m in ranked[:8]]
   for m in ranked[:modules]:
-    per_pass: Dict[str, int] = collections.defaultdict(int)
-    for (pipe, name), us in times[m].items():
-      per_pass[name] += us
     out += ["", f"Module {m}: top passes", "", "| pass | s | share |", "| --- | --- | --- |"]
     whole = max(total(times[m]), 1e-9)
-    for name, us in sorted(per_pass.items(), key=lambda kv: -kv[1])[:top]:
+    for name, us in sorted(times[m].items(), key=lambda kv: -kv[1])[:top]:
       out.append(f"| {name} | {us / 1e6:.2f} | {us / 1e6 / whole:.0%} |")
   return "\n".join(out)
 
