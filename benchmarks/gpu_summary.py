@@ -57,6 +57,11 @@ def _f(x, nd=1):
   return "-" if x is None else f"{x:.{nd}f}"
 
 
+def _peak_mb(row: dict):
+  """The row's device peak (GPU/TPU), else its running process's peak RSS (CPU), MB."""
+  return row.get("device_peak_mb") or row.get("run_peak_rss_mb")
+
+
 def search_table(rows: List[dict], epochs: int, train_images: int) -> str:
   """Markdown: per architecture-step kind, ms/step, images/s, compile, memory, projection."""
   by = {r["kind"]: r for r in rows if "kind" in r and "error" not in r}
@@ -69,13 +74,12 @@ def search_table(rows: List[dict], epochs: int, train_images: int) -> str:
     if r is None:
       out.append(f"| {label} | missing | | | | |")
       continue
-    peak = r.get("device_peak_mb") or r.get("run_peak_rss_mb")
     proj = "-"
     if kind != "weight" and weight is not None:
       proj = _f(search_hours(r["ms_per_step"], weight["ms_per_step"], r["batch_size"],
                              epochs, train_images), 2)
     out.append(f"| {label} | {_f(r['ms_min'])} / {_f(r['ms_per_step'])} | "
-               f"{_f(r['images_per_s'])} | {_f(r['compile_s'])} | {_f(peak, 0)} | {proj} |")
+               f"{_f(r['images_per_s'])} | {_f(r['compile_s'])} | {_f(_peak_mb(r), 0)} | {proj} |")
   return "\n".join(out)
 
 
@@ -86,10 +90,9 @@ def forms_table(rows: List[dict]) -> str:
   for r in rows:
     if "kind" not in r or "error" in r:
       continue
-    peak = r.get("device_peak_mb") or r.get("run_peak_rss_mb")
     out.append(f"| {r['kind']}, {r.get('depthwise', '?')} | {_f(r['ms_min'])} / "
                f"{_f(r['ms_per_step'])} | {_f(r.get('lower_s'))} | {_f(r.get('compile_s'))} | "
-               f"{_f(peak, 0)} |")
+               f"{_f(_peak_mb(r), 0)} |")
   return "\n".join(out)
 
 
