@@ -26,7 +26,10 @@ compiling and after the runs, XLA's own account of the program (temp +
 arguments + outputs), and on GPU/TPU the device's `peak_bytes_in_use`. Between
 the two the compiler's freed memory is handed back to the operating system
 (`jdarts.host_memory.release`, as the run loops do after their first step;
-`--keep_freed` skips it), so the run's peak counts what the running holds. With
+`--keep_freed` skips it), so the run's peak counts what the running holds.
+Before compiling, the programs that building the state compiled op by op are
+dropped (`jdarts.host_memory.drop_compiled`, as the run loops do before their
+first step; `--keep_freed` keeps them too). With
 `--isolate` every kind runs in its own fresh process, so a kind's peaks do not
 include the programs compiled before it (the reference's benchmark does the same).
 
@@ -193,14 +196,18 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
   `compiler_options` are the XLA options of the program (the search loops'
   `jdarts.parallel.default_compiler_options()` unless given).
 
-  With `release` the compiler's freed memory is handed back to the operating
-  system before running (`jdarts.host_memory.release`), as the run loops do
+  With `release` the programs compiled op by op so far are dropped before
+  compiling (`jdarts.host_memory.drop_compiled`, as the run loops do before
+  their first step) and the compiler's freed memory is handed back to the
+  operating system before running (`jdarts.host_memory.release`), as the run loops do
   after their first step; `rss_after_compile_mb` is the resident memory before
   that, `rss_before_run_mb` after it.
   """
   if compiler_options is None:
     compiler_options = parallel.default_compiler_options()
   jitted = jax.jit(fn, donate_argnums=0, compiler_options=compiler_options or None)
+  if release:
+    host_memory.drop_compiled()
   rss0 = host_memory.resident_mb()
   resettable = reset_peak_rss()
   t0, c0 = time.perf_counter(), time.process_time()
@@ -288,7 +295,8 @@ def main(argv=None):
                   help="each kind in its own process (memory per kind)")
   ap.add_argument("--keep_freed", action="store_true",
                   help="run without first handing the compiler's freed memory back "
-                       "(jdarts.host_memory.release; the run loops do hand it back)")
+                       "(jdarts.host_memory.release) or dropping the programs compiled "
+                       "op by op (drop_compiled); the run loops do both")
   ap.add_argument("--xla_default", action="store_true",
                   help="compile with XLA's default options instead of the search loops' "
                        "(jdarts.parallel.default_compiler_options: on CPU, optimisation "

@@ -143,6 +143,11 @@ def search_defaults() -> ml_collections.ConfigDict:
   c.tensorboard = True  # workdir/tb: the metrics rows as TensorBoard events too
   c.report = True       # workdir/report.md and workdir/plots/ at the end (~2 s)
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
+  # Before compiling the first step, drop the ~200 small programs (~300 MB) that
+  # the eager initialisation compiled (jdarts.host_memory.drop_compiled). False
+  # keeps them, and every other compiled program in this process, when a run is
+  # one call among others in a longer-lived Python process.
+  c.drop_init_programs = True
   c.hypergrad = hypergrad_defaults()  # `jdarts hypergrad` (jdarts.hypergrad_report)
   # >0: every N steps compare hypergrad.methods against hypergrad.reference on
   # the step's own state and batches (workdir/hypergrad_probe.jsonl); costs one

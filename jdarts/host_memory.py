@@ -13,6 +13,11 @@ second search, the data pipeline's workers).
 `release()` asks glibc to return it (`malloc_trim(0)`, which also unmaps free
 pages inside the heap). The run loops call it after the first step (the
 compilation) and after the held-out evaluation's warm-up.
+
+`drop_compiled()` frees what op-by-op work compiled before a run's first step:
+Flax initialises a network by running it eagerly, and JAX keeps every small
+program that compiles (one per operation and shape: ~200, ~300 MB at the
+benchmark's small supernet) for the life of the process.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ import ctypes
 import ctypes.util
 import threading
 from typing import Callable, Optional, Tuple
+
+import jax
 
 _lock = threading.Lock()
 _trim: Optional[Callable[[int], int]] = None
@@ -74,6 +81,25 @@ def status_mb(key: str) -> Optional[float]:
 def resident_mb() -> Optional[float]:
   """The process's resident memory in MB (VmRSS), or None where /proc has none."""
   return status_mb("VmRSS")
+
+
+def drop_compiled() -> Optional[Tuple[float, float]]:
+  """Drops every program JAX holds compiled in memory, then `release()`s.
+
+  For a run about to compile its step: the programs that the eager
+  initialisation compiled are not needed again (the supernet's, ~300 MB at
+  C=8, 5 cells; benchmarks/RESULTS.md). Any jitted function compiles again at
+  its next call (from the persistent compilation cache, when one is set), so
+  call it before the programs a run keeps are compiled, not between their calls.
+
+  Returns:
+    The resident MB (before, after), or None where either is unknown.
+  """
+  before = resident_mb()
+  jax.clear_caches()
+  release()
+  after = resident_mb()
+  return None if before is None or after is None else (before, after)
 
 
 def release_measured() -> Optional[Tuple[float, float]]:

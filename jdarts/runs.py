@@ -136,7 +136,7 @@ def prepare_workdir(workdir: str) -> str:
 # it finds things. Anything else differing means another experiment.
 RESUME_SAFE_KEYS = ("max_steps", "log_every", "progress", "compilation_cache_dir",
                     "tensorboard", "report", "checkpoint.", "parallel.num_devices",
-                    "parallel.backend", "data.data_dir", "data.num_threads",
+                    "parallel.backend", "data.data_dir", "data.num_threads", "drop_init_programs",
                     "data.worker_count", "hypergrad.", "hypergrad_probe_every",
                     "eval_batch_size", "eval_every_epochs", "collapse.")
 
@@ -310,9 +310,8 @@ class Run:
     cfg = self.cfg
     num_devices = cfg.parallel.num_devices or jax.local_device_count()
     if num_devices > jax.local_device_count():
-      raise ConfigError(
-          f"parallel.num_devices={num_devices} but only {jax.local_device_count()} local "
-          "devices exist; lower it or use 0 for all.")
+      raise ConfigError(f"parallel.num_devices={num_devices} but only {jax.local_device_count()}"
+                        " local devices exist; lower it or use 0 for all.")
     if jax.process_count() > 1 and num_devices != jax.local_device_count():
       raise ConfigError("with several processes every device takes part; use "
                         "--config.parallel.num_devices=0.")
@@ -457,6 +456,9 @@ class Run:
       while step < total and not preempt.is_set:
         t0 = time.time()
         if compile_s is None:  # minutes of silent compiling would read as a hang
+          if cfg.get("drop_init_programs", True):  # the eager initialisation's programs
+            log.info("host memory %.0f -> %.0f MB: the programs the initialisation compiled "
+                     "dropped", *(host_memory.drop_compiled() or (0, 0)))
           log.info("compiling the %s step (the first call) ...", self.name)
         state, metrics = advance(state, step)
         step += 1
@@ -465,10 +467,8 @@ class Run:
           jax.block_until_ready(metrics)
           compile_s = time.time() - t0
           log.info("first step (compilation included) took %.1f s", compile_s)
-          released = host_memory.release_measured()  # compiler garbage, else kept all run
-          if released:
-            log.info("host memory %.0f MB -> %.0f MB after handing the compiler's "
-                     "freed memory back", *released)
+          if (released := host_memory.release_measured()):  # compiler garbage, else kept
+            log.info("host memory %.0f -> %.0f MB: compiler's freed memory handed back", *released)
           t_window, items = time.time(), 0
         else:
           items += items_per_step
