@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import compile_profile  # noqa: E402
 import depthwise_forms  # noqa: E402
 import gpu_summary  # noqa: E402
+import loop_convs  # noqa: E402
 import pass_times  # noqa: E402
 import search_step  # noqa: E402
 import side_by_side  # noqa: E402
@@ -358,3 +359,29 @@ ENTRY %main (a: f32[2]) -> (f32[2], f32[2]) {
   assert [(r["kind"], r["module"], r["ms"]) for r in rows] == [
       ("f2", "MixedOp", 3.0), ("orphan", "?", 2.0), ("transpose_copy_fusion", "<-MixedOp", 1.0)]
   assert step_profile.by_module(rows) == [("MixedOp", 4.0), ("?", 2.0)]
+
+
+@pytest.mark.parametrize("k,strides,padding,dilation", [
+    (3, (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    (5, (1, 2), ((4, 3), (2, 4)), (2, 1)),   # asymmetric: every padding formula used
+    (1, (2, 2), ((0, 0), (0, 0)), (1, 1)),   # FactorizedReduce's 1x1, stride 2
+])
+def test_loop_convs_canonical_conv_has_xlas_gradients_to_second_order(k, strides, padding,
+                                                                      dilation):
+  # The benchmark's canonical-layout convolution must be the same function as
+  # lax.conv_general_dilated with the same gradients (kernel and input) and the
+  # same forward-over-reverse products, or its timings compare different work.
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(2, 9, 10, 3), jnp.float32)
+  w = jnp.asarray(rng.randn(k, k, 3, 4), jnp.float32)
+  v = jnp.asarray(rng.randn(k, k, 3, 4), jnp.float32)
+  conf = (strides, padding, dilation)
+  loss = lambda conv: lambda w, x: jnp.sum(jnp.sin(conv(x, w, *conf)) ** 2)
+  ours, ref = loss(loop_convs.canonical_conv), loss(loop_convs._xla_conv)
+  np.testing.assert_allclose(loop_convs.canonical_conv(x, w, *conf),
+                             loop_convs._xla_conv(x, w, *conf), rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.grad(ours, (0, 1))(w, x), jax.grad(ref, (0, 1))(w, x)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for wrt in (0, 1):  # d/dw of the kernel and of the input gradient (the exact HVP's form)
+    hv = lambda f: jax.jvp(lambda w: jax.grad(f, wrt)(w, x), (w,), (v,))[1]
+    np.testing.assert_allclose(hv(ours), hv(ref), rtol=1e-4, atol=1e-4)
