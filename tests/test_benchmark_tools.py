@@ -24,6 +24,7 @@ import loop_convs  # noqa: E402
 import pass_times  # noqa: E402
 import search_step  # noqa: E402
 import side_by_side  # noqa: E402
+import split_second_order  # noqa: E402
 
 from jdarts import config_lib, schedules  # noqa: E402
 
@@ -385,3 +386,35 @@ def test_loop_convs_canonical_conv_has_xlas_gradients_to_second_order(k, strides
   for wrt in (0, 1):  # d/dw of the kernel and of the input gradient (the exact HVP's form)
     hv = lambda f: jax.jvp(lambda w: jax.grad(f, wrt)(w, x), (w,), (v,))[1]
     np.testing.assert_allclose(hv(ours), hv(ref), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", split_second_order.METHODS)
+def test_split_second_order_computes_arch_grads_estimate(method, x64):
+  # The prototype's separately compiled programs must give the estimate the
+  # one-program step gives (hypergrad.arch_grad), with an optax virtual step
+  # (momentum, decay) and a nonlinear loss, or its timings compare other work.
+  # In float64: eq. 8's difference quotient magnifies float32 round-off (2e-5).
+  from jdarts import hypergrad, hypergrad_estimators
+  rng = np.random.RandomState(0)
+  A = jnp.asarray(rng.randn(5, 4))
+
+  def loss(w, a, b):
+    r = jnp.tanh(A @ w["w"] * a["a"][:5]) - b
+    return jnp.sum(r ** 2) + jnp.sum(a["a"] ** 2 * jnp.sin(w["w"]).sum()), {}
+  params = {"w": jnp.asarray(rng.randn(4))}
+  alphas = {"a": jnp.asarray(rng.randn(6))}
+  tb, vb = jnp.asarray(rng.randn(5)), jnp.asarray(rng.randn(5))
+  w_opt = optax.chain(optax.add_decayed_weights(3e-4), optax.sgd(0.05, momentum=0.9))
+  opt_state = w_opt.init(params)
+  _, opt_state = w_opt.update(params, opt_state, params)  # a non-zero momentum buffer
+  ref = hypergrad.arch_grad(method, loss, loss, params, alphas, tb, vb, optimizer=w_opt,
+                            opt_state=opt_state, fd_eps=0.01, has_aux=True)[0]
+  o = hypergrad_estimators.Options(xi=None, optimizer=w_opt, opt_state=opt_state, fd_eps=0.01,
+                                   neumann_terms=0, neumann_lr=None, cg_iters=0,
+                                   cg_damping=0.0, axis_name=None)
+  got = split_second_order.split_arch_grad(method, loss, loss, o)(params, alphas, tb, vb)
+  first = hypergrad.arch_grad("first_order", loss, loss, params, alphas, tb, vb,
+                              has_aux=True)[0]
+  assert float(jnp.max(jnp.abs(ref["a"] - first["a"]))) > 1e-3  # a second-order term exists
+  assert got["a"].dtype == jnp.float64
+  np.testing.assert_allclose(got["a"], ref["a"], rtol=1e-9, atol=1e-12)
