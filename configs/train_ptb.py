@@ -48,11 +48,7 @@ def get_config(arg: str = ""):
   c.log_every = 200                   # reference --log-interval
   c.progress = True
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
-  # Before compiling the first step, drop the ~200 small programs (~300 MB) that
-  # the eager initialisation compiled (jdarts.host_memory.drop_compiled). False
-  # keeps them, and every other compiled program in this process, when a run is
-  # one call among others in a longer-lived Python process.
-  c.drop_init_programs = True
+  c.drop_init_programs = True  # as in config_lib.search_defaults
   if arg:
     raise ValueError(f"Unknown config variant {arg!r}.")
   return c

@@ -456,9 +456,8 @@ class Run:
       while step < total and not preempt.is_set:
         t0 = time.time()
         if compile_s is None:  # minutes of silent compiling would read as a hang
-          if cfg.get("drop_init_programs", True):  # the eager initialisation's programs
-            log.info("host memory %.0f -> %.0f MB: the programs the initialisation compiled "
-                     "dropped", *(host_memory.drop_compiled() or (0, 0)))
+          if cfg.get("drop_init_programs", True) and (mb := host_memory.drop_compiled()):
+            log.info("host memory %.0f -> %.0f MB: the initialisation's programs dropped", *mb)
           log.info("compiling the %s step (the first call) ...", self.name)
         state, metrics = advance(state, step)
         step += 1

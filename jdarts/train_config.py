@@ -91,11 +91,7 @@ def train_defaults() -> ml_collections.ConfigDict:
   c.progress = True
   c.tensorboard = True  # workdir/tb: the metrics rows as TensorBoard events too
   c.compilation_cache_dir = "~/.cache/jdarts/xla"
-  # Before compiling the first step, drop the ~200 small programs (~300 MB) that
-  # the eager initialisation compiled (jdarts.host_memory.drop_compiled). False
-  # keeps them, and every other compiled program in this process, when a run is
-  # one call among others in a longer-lived Python process.
-  c.drop_init_programs = True
+  c.drop_init_programs = True  # as in config_lib.search_defaults
   return c
 
 
