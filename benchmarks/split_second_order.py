@@ -88,20 +88,7 @@ def split_arch_grad(method: str, train, val, options: he.Options, light: bool = 
       mixed = product_c(params, alphas, tb, u)
     return axpy_c(mixed, g_a)
 
-  grad.programs = {"parts": parts_c, "point": point_c, "product": product_c}
   return grad
-
-
-def _peak_mb():
-  return host_memory.status_mb("VmHWM")
-
-
-def _reset_peak():
-  try:
-    with open("/proc/self/clear_refs", "w") as fh:
-      fh.write("5")
-  except OSError:
-    pass
 
 
 def run(method: str, light: bool, args) -> dict:
@@ -128,9 +115,9 @@ def run(method: str, light: bool, args) -> dict:
   a, a_state = adam(g, a_state, a)
   jax.block_until_ready(a)
   compile_s = time.perf_counter() - t0
-  compile_peak = _peak_mb()
+  compile_peak = search_step.peak_rss_mb()
   host_memory.release()
-  _reset_peak()
+  search_step.reset_peak_rss()
   times = []
   for _ in range(args.repeats):
     t = time.perf_counter()
@@ -141,7 +128,7 @@ def run(method: str, light: bool, args) -> dict:
   return {"method": method, "forms": "light" if light else "auto",
           "first_call_s": round(compile_s, 1), "ms_min": round(1e3 * times[0], 1),
           "ms_per_step": round(1e3 * times[len(times) // 2], 1),
-          "compile_peak_rss_mb": compile_peak, "run_peak_rss_mb": _peak_mb(),
+          "compile_peak_rss_mb": compile_peak, "run_peak_rss_mb": search_step.peak_rss_mb(),
           "alphas_sum": float(sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(a)))}
 
 
@@ -158,7 +145,6 @@ def main(argv=None):
   if args.child:
     print(json.dumps(run(args.methods, args.forms == "light", args)), flush=True)
     return
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import subprocess
   for method in args.methods.split(","):
     for forms in args.forms.split(","):  # each in a fresh process: peaks per row
