@@ -37,6 +37,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
+from jdarts import depthwise  # noqa: E402
 from jdarts import parallel  # noqa: E402
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -69,13 +70,17 @@ def _input_grad(g, w, x_shape, strides, padding, dilation):
   keeps the HWIO layout).
   """
   wt = jnp.transpose(lax.rev(w, (0, 1)), (0, 1, 3, 2))
-  pads = []
-  for a in range(2):
-    n, k, s, d, lo = x_shape[1 + a], w.shape[a], strides[a], dilation[a], padding[a][0]
-    plo = (k - 1) * d - lo
-    pads.append((plo, n + (k - 1) * d - plo - ((g.shape[1 + a] - 1) * s + 1)))
+  # The depthwise form's input gradient pads the same way (only the low padding enters).
+  pad = depthwise._input_grad_padding  # pylint: disable=protected-access
+  pads = [pad((g.shape[1 + a],), (x_shape[1 + a],), w.shape[a], strides[a], padding[a][0],
+              dilation[a])[0] for a in range(2)]
   return lax.conv_general_dilated(g, wt, (1, 1), pads, lhs_dilation=strides,
                                   rhs_dilation=dilation, dimension_numbers=_DN)
+
+
+def _xla_conv(x, w, strides, padding, dilation):
+  return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
+                                  dimension_numbers=_DN)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
@@ -90,8 +95,7 @@ def canonical_conv(x, w, strides, padding, dilation):
   Returns:
     (N, Ho, Wo, Co), as `lax.conv_general_dilated`.
   """
-  return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
-                                  dimension_numbers=_DN)
+  return _xla_conv(x, w, strides, padding, dilation)
 
 
 @canonical_conv.defjvp
@@ -106,11 +110,6 @@ def _canonical_conv_jvp(strides, padding, dilation, primals, tangents):
   tw = jax.linear_transpose(
       lambda g: _kernel_grad(x, g, w.shape[:2], strides, padding, dilation), ct)
   return y, tx(x_dot)[0] + tw(w_dot)[0]
-
-
-def _xla_conv(x, w, strides, padding, dilation):
-  return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=dilation,
-                                  dimension_numbers=_DN)
 
 
 def _time(fn, args, repeats):
@@ -168,7 +167,7 @@ def _canonical_convs():
   """
   import types
   import flax.linen as nn
-  from jdarts import depthwise, ops
+  from jdarts import ops
 
   def conv_fn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
               dimension_numbers=None, feature_group_count=1, **kw):

@@ -135,8 +135,8 @@ def build(C, layers, batch, depthwise, primitives, batch_edges=False, image=32,
   return space, cfg, w_opt, a_opt, sched, state, tb, vb
 
 
-def arch_grad_fn(method, loss, cfg, sched, **overrides):
-  """`(params, alphas, tb, vb, w_opt_state, step) -> alpha gradient` as the search forms it.
+def estimator_kwargs(cfg, sched, w_opt_state, step, **overrides) -> dict:
+  """`hypergrad.arch_grad`'s settings (xi, optimizer, opt_state, estimator options) at `step`.
 
   The virtual step is `optim.virtual_step(cfg.arch.virtual_step, ...)` and the
   estimator options `search.estimator_options`, exactly what
@@ -145,13 +145,19 @@ def arch_grad_fn(method, loss, cfg, sched, **overrides):
   estimator options (e.g. cg_iters).
   """
   virtual = optim.virtual_step(cfg.arch.get("virtual_step", "reference"), cfg.optim, sched)
-  options = dict(search.estimator_options(cfg.arch, cfg.optim.weight_decay), **overrides)
+  return dict(search.estimator_options(cfg.arch, cfg.optim.weight_decay),
+              xi=jnp.where(cfg.arch.xi < 0, sched(step), cfg.arch.xi),
+              optimizer=virtual.optimizer, opt_state=virtual.state_of(w_opt_state),
+              **overrides)
+
+
+def arch_grad_fn(method, loss, cfg, sched, **overrides):
+  """`(params, alphas, tb, vb, w_opt_state, step) -> alpha gradient` as the search forms it
+  (settings: `estimator_kwargs`)."""
 
   def grad(params, alphas, tb, vb, w_opt_state, step):
-    xi = jnp.where(cfg.arch.xi < 0, sched(step), cfg.arch.xi)
-    return hypergrad.arch_grad(method, loss, loss, params, alphas, tb, vb, xi=xi,
-                               optimizer=virtual.optimizer,
-                               opt_state=virtual.state_of(w_opt_state), **options)
+    return hypergrad.arch_grad(method, loss, loss, params, alphas, tb, vb,
+                               **estimator_kwargs(cfg, sched, w_opt_state, step, **overrides))
   return grad
 
 

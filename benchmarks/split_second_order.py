@@ -53,7 +53,7 @@ def split_arch_grad(method: str, train, val, options: he.Options, light: bool = 
   """The `method` estimate as separately compiled programs: `(params, alphas, tb, vb) -> g`.
 
   train, val: `(params, alphas, batch) -> (loss, aux)`; `options`: the
-  estimator settings (`hypergrad_estimators.Options`, no device axis). With
+  estimator settings (`hypergrad.options(method, ...)`, no device axis). With
   `light` every program traces within `depthwise.compile_light()` (the dense
   form), else only the second-order `exact_hvp` product does.
   """
@@ -93,17 +93,13 @@ def split_arch_grad(method: str, train, val, options: he.Options, light: bool = 
 
 def run(method: str, light: bool, args) -> dict:
   import search_step
-  from jdarts import optim, search
+  from jdarts import hypergrad
   space, cfg, _, a_opt, sched, state, tb, vb = search_step.build(
       args.C, args.layers, args.batch, "auto", "")
   host_memory.drop_compiled()
   loss = lambda p, a, b: space.loss(p, a, b, None, None)[:2]
-  virtual = optim.virtual_step(cfg.arch.get("virtual_step", "reference"), cfg.optim, sched)
-  eo = search.estimator_options(cfg.arch, cfg.optim.weight_decay)
-  xi = jnp.where(cfg.arch.xi < 0, sched(state.step), cfg.arch.xi)
-  o = he.Options(xi=xi, optimizer=virtual.optimizer, opt_state=virtual.state_of(state.w_opt_state),
-                 fd_eps=eo["fd_eps"], neumann_terms=0, neumann_lr=None, cg_iters=0,
-                 cg_damping=0.0, axis_name=None, weight_decay=eo["weight_decay"])
+  o = hypergrad.options(method, **search_step.estimator_kwargs(cfg, sched, state.w_opt_state,
+                                                               state.step))
   opts = parallel.default_compiler_options() or None
   grad = split_arch_grad(method, loss, loss, o, light,
                          jit=lambda f: jax.jit(f, compiler_options=opts))

@@ -394,7 +394,7 @@ def test_split_second_order_computes_arch_grads_estimate(method, x64):
   # one-program step gives (hypergrad.arch_grad), with an optax virtual step
   # (momentum, decay) and a nonlinear loss, or its timings compare other work.
   # In float64: eq. 8's difference quotient magnifies float32 round-off (2e-5).
-  from jdarts import hypergrad, hypergrad_estimators
+  from jdarts import hypergrad
   rng = np.random.RandomState(0)
   A = jnp.asarray(rng.randn(5, 4))
 
@@ -409,9 +409,7 @@ def test_split_second_order_computes_arch_grads_estimate(method, x64):
   _, opt_state = w_opt.update(params, opt_state, params)  # a non-zero momentum buffer
   ref = hypergrad.arch_grad(method, loss, loss, params, alphas, tb, vb, optimizer=w_opt,
                             opt_state=opt_state, fd_eps=0.01, has_aux=True)[0]
-  o = hypergrad_estimators.Options(xi=None, optimizer=w_opt, opt_state=opt_state, fd_eps=0.01,
-                                   neumann_terms=0, neumann_lr=None, cg_iters=0,
-                                   cg_damping=0.0, axis_name=None)
+  o = hypergrad.options(method, optimizer=w_opt, opt_state=opt_state, fd_eps=0.01)
   got = split_second_order.split_arch_grad(method, loss, loss, o)(params, alphas, tb, vb)
   first = hypergrad.arch_grad("first_order", loss, loss, params, alphas, tb, vb,
                               has_aux=True)[0]
