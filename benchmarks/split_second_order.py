@@ -20,8 +20,9 @@ compiled programs called in turn, as a prototype of a multi-program step:
 
 `--forms=auto` lets the first-order programs take 'auto' outside
 `compile_light` (the fused form at the small setting), `--forms=light` keeps
-them dense as the one-program step does. Prints one JSON object per (method,
-forms): compile s per program, ms per step (min / median), host peak MB of
+them dense as the one-program step does (a named `--depthwise` form holds in
+every program). Prints one JSON object per (method, forms): the first call's s
+(every program compiled), ms per step (min / median), host peak MB of
 compiling and of running (VmHWM, reset in between, Linux), and the alphas'
 sum after the steps. `split_arch_grad` is tested against
 `hypergrad.arch_grad` (tests/test_benchmark_tools.py).
@@ -44,6 +45,9 @@ from jdarts import depthwise  # noqa: E402
 from jdarts import host_memory  # noqa: E402
 from jdarts import hypergrad_estimators as he  # noqa: E402
 from jdarts import parallel  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import search_step  # noqa: E402
 
 METHODS = ("finite_difference", "exact_hvp")
 
@@ -92,10 +96,9 @@ def split_arch_grad(method: str, train, val, options: he.Options, light: bool = 
 
 
 def run(method: str, light: bool, args) -> dict:
-  import search_step
   from jdarts import hypergrad
   space, cfg, _, a_opt, sched, state, tb, vb = search_step.build(
-      args.C, args.layers, args.batch, "auto", "")
+      args.C, args.layers, args.batch, args.depthwise, args.primitives)
   host_memory.drop_compiled()
   loss = lambda p, a, b: space.loss(p, a, b, None, None)[:2]
   o = hypergrad.options(method, **search_step.estimator_kwargs(cfg, sched, state.w_opt_state,
@@ -130,10 +133,7 @@ def run(method: str, light: bool, args) -> dict:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--C", type=int, default=8)
-  ap.add_argument("--layers", type=int, default=5)
-  ap.add_argument("--batch", type=int, default=16)
-  ap.add_argument("--repeats", type=int, default=5)
+  search_step.add_supernet_args(ap)  # a named --depthwise form holds in every program
   ap.add_argument("--methods", default=",".join(METHODS))
   ap.add_argument("--forms", default="auto,light")
   ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -147,7 +147,8 @@ def main(argv=None):
       subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
                       f"--methods={method}", f"--forms={forms}", f"--C={args.C}",
                       f"--layers={args.layers}", f"--batch={args.batch}",
-                      f"--repeats={args.repeats}"], check=False)
+                      f"--repeats={args.repeats}", f"--depthwise={args.depthwise}",
+                      f"--primitives={args.primitives}"], check=False)
 
 
 if __name__ == "__main__":
