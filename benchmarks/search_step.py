@@ -19,6 +19,13 @@ and timed apart (wall and process CPU seconds), warmed up, then run
                      `arch.virtual_step`, default 'reference': momentum and coupled
                      decay, no clip, as quark0/darts), so finite_difference is the
                      reference's `arch_second`
+* search_first_order / search_finite_difference / search_exact_hvp
+                     the whole search step (alphas, then weights) that `jdarts
+                     search` runs with that estimator and `--step_kind`
+                     (default 'auto', the search's choice; 'staged_bilevel' runs
+                     as several programs), through `parallel.ParallelStep`:
+                     the reference's kinds `arch_*` + `weight`; compile time is
+                     the first call less one step
 
 Memory is measured apart for compiling and for running: the process's peak
 RSS (VmHWM, reset through /proc/self/clear_refs before each phase, Linux) after
@@ -62,7 +69,13 @@ from jdarts import (config_lib, data, host_memory, hypergrad, optim, parallel,  
 # Our kind -> the kind of bench_torch_darts.py it is timed against.
 REF_KIND = {"weight": "weight", "arch_first_order": "arch_first",
             "finite_difference": "arch_second", "exact_hvp": "arch_second",
-            "unrolled": "arch_second"}
+            "unrolled": "arch_second", "search_first_order": "arch_first+weight",
+            "search_finite_difference": "arch_second+weight",
+            "search_exact_hvp": "arch_second+weight"}
+# Whole search steps, as a search runs them (`measure_search_step`): kind -> arch.method.
+SEARCH_KINDS = {"search_first_order": "first_order",
+                "search_finite_difference": "finite_difference",
+                "search_exact_hvp": "exact_hvp"}
 
 
 def reset_peak_rss() -> bool:
@@ -268,6 +281,64 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
           "device_peak_mb": rnd(device_memory_mb()[1])}
 
 
+def measure_search_step(space, cfg, w_opt, a_opt, sched, state, tb, vb, method: str,
+                        step_kind: str, repeats: int, warmup: int = 1, release: bool = True,
+                        label: str = "") -> dict:
+  """The whole search step as `jdarts search` runs it: the cost fields of a row.
+
+  `search.make_search_step` with `arch.method=method`, `arch.step_kind=step_kind`
+  ('auto': the kind a search picks), through `parallel.ParallelStep` on one
+  device, state donated: a 'staged_bilevel' step runs as its stages' programs.
+  Its programs compile in the first call, so `first_call_s` is compile and one
+  step, and `compile_s` that less the median step.
+  """
+  cfg = cfg.copy_and_resolve_references()
+  cfg.arch.method, cfg.arch.step_kind = method, step_kind
+  step = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched, optim_cfg=cfg.optim,
+                                 weight_decay=cfg.optim.weight_decay)
+  ps = parallel.ParallelStep(step, backend="none")
+  if release:
+    host_memory.drop_compiled()
+  rss0 = host_memory.resident_mb()
+  resettable = reset_peak_rss()
+  s = ps.put_state(jax.tree_util.tree_map(jnp.copy, state))
+  _say(label, f"first call ({search.step_kind_for(cfg.arch)}): compiling")
+  t0, c0 = time.perf_counter(), time.process_time()
+  s, _ = ps(s, tb, vb)
+  jax.block_until_ready(s)
+  first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
+  compile_peak = peak_rss_mb()
+  rss_compiled = host_memory.resident_mb()
+  released = release and host_memory.release()
+  rss1 = host_memory.resident_mb()
+  reset_peak_rss()
+  for _ in range(warmup):
+    s, _ = ps(s, tb, vb)
+  jax.block_until_ready(s)
+  times, cpu = [], 0.0
+  for _ in range(repeats):
+    w0, p0 = time.perf_counter(), time.process_time()
+    s, _ = ps(s, tb, vb)
+    jax.block_until_ready(s)
+    times.append(time.perf_counter() - w0)
+    cpu += time.process_time() - p0
+  run_peak = peak_rss_mb()
+  _say(label, f"{repeats} steps, min {1e3 * min(times):.1f} ms")
+  rnd = lambda x, n=1: None if x is None else round(x, n)
+  med = statistics.median(times)
+  return {"ms_per_step": rnd(1e3 * med), "ms_min": rnd(1e3 * min(times)),
+          "step_ms": [rnd(1e3 * t) for t in times], "cpu_util": rnd(cpu / sum(times), 2),
+          "step_kind": search.step_kind_for(cfg.arch), "first_call_s": rnd(first, 2),
+          "compile_s": rnd(first - med, 2),
+          "compile_cpu_s": rnd(first_cpu - cpu / len(times), 2),
+          "rss_before_compile_mb": rnd(rss0), "compile_peak_rss_mb": rnd(compile_peak),
+          "rss_after_compile_mb": rnd(rss_compiled), "released": released,
+          "rss_before_run_mb": rnd(rss1), "run_peak_rss_mb": rnd(run_peak),
+          "run_extra_rss_mb": rnd(None if rss1 is None else run_peak - rss1),
+          "peak_rss_mb": rnd(max(compile_peak, run_peak)), "peak_reset": resettable,
+          "device_peak_mb": rnd(device_memory_mb()[1])}
+
+
 def run_isolated(args, kinds):
   """Runs every kind in a fresh child process (same flags, one kind each)."""
   flags = [f"--C={args.C}", f"--layers={args.layers}", f"--batch={args.batch}",
@@ -278,6 +349,7 @@ def run_isolated(args, kinds):
   flags += ["--remat"] if args.remat else []
   flags += ["--keep_freed"] if args.keep_freed else []
   flags += ["--xla_default"] if args.xla_default else []
+  flags += [f"--step_kind={args.step_kind}"]
   rc = 0
   for kind in kinds:
     p = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, f"--steps={kind}"])
@@ -307,11 +379,13 @@ def main(argv=None):
                   help="compile with XLA's default options instead of the search loops' "
                        "(jdarts.parallel.default_compiler_options: on CPU, optimisation "
                        "barriers kept)")
+  ap.add_argument("--step_kind", default="auto",
+                  help="arch.step_kind of the search_* kinds (whole search steps)")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
   kinds = [k for k in args.steps.split(",") if k]
   known = ("weight", "arch_first_order", "fused_first_order", "unrolled", "exact_hvp",
-           "finite_difference", "implicit_cg")
+           "finite_difference", "implicit_cg") + tuple(SEARCH_KINDS)
   bad = [k for k in kinds if k not in known]
   if bad:
     raise SystemExit(f"--steps: unknown step {bad[0]!r}; choose from {', '.join(known)}")
@@ -327,12 +401,20 @@ def main(argv=None):
   fns = step_fns(space, cfg, w_opt, a_opt, sched)
   for name in kinds:
     load0 = os.getloadavg()[0]
-    cost = measure(fns[name], state, tb, vb, args.repeats, args.warmup,
-                   release=not args.keep_freed,
-                   compiler_options={} if args.xla_default else None, label=name)
+    if name in SEARCH_KINDS:
+      if args.xla_default:
+        raise SystemExit(f"--xla_default: {name} compiles as a search does")
+      cost = measure_search_step(space, cfg, w_opt, a_opt, sched, state, tb, vb,
+                                 SEARCH_KINDS[name], args.step_kind, args.repeats,
+                                 args.warmup, release=not args.keep_freed, label=name)
+    else:
+      cost = measure(fns[name], state, tb, vb, args.repeats, args.warmup,
+                     release=not args.keep_freed,
+                     compiler_options={} if args.xla_default else None, label=name)
     # One step of the bilevel search consumes a train and a val batch; the
     # weight-only and arch-only steps consume one.
-    images = 2 * args.batch if name == "fused_first_order" else args.batch
+    whole = name == "fused_first_order" or name in SEARCH_KINDS
+    images = 2 * args.batch if whole else args.batch
     row = {"peer": "jdarts", "kind": name, "ref_kind": REF_KIND.get(name),
            "init_channels": args.C, "layers": args.layers, "batch_size": args.batch,
            **cost, "images_per_s": round(images * 1e3 / cost["ms_per_step"], 2),

@@ -7,7 +7,9 @@ First the reference (quark0/darts in PyTorch, through
 `../shared/peers/bench_torch_darts.py`, each kind in fresh processes, `--runs`
 runs), then `benchmarks/search_step.py --isolate` at the same C, cells and
 batch (each kind in a fresh process: weight, arch_first_order, exact_hvp,
-finite_difference), then one table: min and median ms per step of both, the
+finite_difference, and the whole search steps search_finite_difference and
+search_exact_hvp, set against the reference's architecture step plus its
+weight step), then one table: min and median ms per step of both, the
 ratio reference / ours, our compile time (wall and process CPU seconds), the
 peak RSS of both (ours: compiling and running apart), the load average before
 and after each half, and the CPU model. `--tiny` (C=2, 3 cells, batch 2) checks
@@ -46,7 +48,24 @@ VARIANT_FLAGS = {"default": [], "batch_edges": ["--batch_edges"], "fused": ["--d
 ROWS = (("weight", "weight", "weight"),
         ("arch_first_order", "arch_first", "first-order architecture"),
         ("exact_hvp", "arch_second", "second-order, exact HVP (ref: finite differences)"),
-        ("finite_difference", "arch_second", "second-order, finite differences"))
+        ("finite_difference", "arch_second", "second-order, finite differences"),
+        ("search_finite_difference", "arch_second+weight",
+         "whole search step, finite differences (ref: arch_second + weight)"),
+        ("search_exact_hvp", "arch_second+weight",
+         "whole search step, exact HVP (ref: arch_second + weight)"))
+
+
+def ref_row(ref, ref_kind: str) -> dict:
+  """The reference's row of `ref_kind`; for 'a+b' the sum of its kinds' step times
+  (min and median each summed) and the larger of their peaks."""
+  parts = [ref.get(k, {}) for k in ref_kind.split("+")]
+  if len(parts) == 1:
+    return parts[0]
+  out = {}
+  for key, combine in (("ms_min", sum), ("ms_per_step", sum), ("peak_rss_mb", max)):
+    values = [p.get(key) for p in parts]
+    out[key] = None if None in values else combine(values)
+  return out
 
 
 def cpu_model() -> str:
@@ -111,7 +130,7 @@ def table(ref, ours, meta, variants=("default",), rows=ROWS) -> str:
          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for variant in variants:
     for kind, ref_kind, label in rows:
-      r, o = ref.get(ref_kind, {}), ours.get((kind, variant), {})
+      r, o = ref_row(ref, ref_kind), ours.get((kind, variant), {})
       rmin, rmed = r.get("ms_min"), r.get("ms_per_step")
       omin, omed = o.get("ms_min"), o.get("ms_per_step")
       ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}x"
@@ -188,7 +207,7 @@ def main(argv=None):
   ref_cmd = [torch_py, args.bench, args.peer, "--configs", "small", "--runs", str(args.runs),
              "--threads", str(args.threads), "--peer-commit", args.peer_commit,
              "--init-channels", str(C), "--layers", str(layers), "--batch-size", str(batch),
-             "--kinds", ",".join(dict.fromkeys(rk for _, rk, _ in rows))]
+             "--kinds", ",".join(dict.fromkeys(k for _, rk, _ in rows for k in rk.split("+")))]
   _, ref_out = run(ref_cmd)
   ref_rows = json_lines(ref_out)
   meta["load1"] = load()

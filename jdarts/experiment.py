@@ -68,6 +68,10 @@ def validate(cfg) -> None:
   kind = a.get("step_kind", "auto")
   _need(kind == "auto" or kind in search_lib.STEP_KINDS, f"arch.step_kind={kind!r} is "
         f"unknown; choose 'auto' or one of {', '.join(search_lib.STEP_KINDS.names())}.")
+  staged_methods = " or ".join(search_lib.STAGED_METHODS)
+  _need(kind != "staged_bilevel" or a.method in search_lib.STAGED_METHODS,
+        f"arch.step_kind='staged_bilevel' computes {staged_methods}, not "
+        f"arch.method={a.method!r}; use arch.step_kind='auto'.")
   optim.virtual_step(a.get("virtual_step", "reference"), cfg.optim, lambda step: 0.0)
   _need(isinstance(a.xi, (int, float)) and math.isfinite(a.xi),
         f"arch.xi must be a finite number (< 0: the weights' learning rate), got {a.xi!r}.")

@@ -98,6 +98,15 @@ def options(method: str, *, xi=None, optimizer=None, opt_state=None, fd_eps=0.01
   return opts._replace(neumann_terms=int(neumann_terms), cg_iters=int(cg_iters))
 
 
+def check_args(method: str, params: PyTree, alphas: PyTree, opts: Options) -> None:
+  """Raises TypeError for non-float params or alphas, ValueError for an optimizer
+  state `method`'s virtual step cannot use with `params` (at trace time)."""
+  check_float_leaves(params, "params")
+  check_float_leaves(alphas, "alphas")
+  if estimator(method).uses_virtual_step and opts.optimizer is not None:
+    check_opt_state(opts.opt_state, params)
+
+
 def virtual_step(train_loss: Loss, params: PyTree, alphas: PyTree,
                  train_batch: Any, *, xi=None, optimizer=None, opt_state=None,
                  axis_name=None, has_aux: bool = False) -> PyTree:
@@ -270,10 +279,7 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
                  neumann_terms=neumann_terms, neumann_lr=neumann_lr, cg_iters=cg_iters,
                  cg_damping=cg_damping, weight_decay=weight_decay,
                  unroll_solver=unroll_solver, axis_name=axis_name)
-  check_float_leaves(params, "params")
-  check_float_leaves(alphas, "alphas")
-  if est.uses_virtual_step and optimizer is not None:
-    check_opt_state(opt_state, params)
+  check_args(method, params, alphas, opts)
   train = wrap_loss(train_loss, "train_loss", has_aux)
   val = wrap_loss(val_loss, "val_loss", has_aux)
   with depthwise.compile_light(est.second_order):

@@ -216,7 +216,7 @@ def virtual_update_and_pullback(train, params, alphas, batch, xi, optimizer, opt
   return w1, lambda v: pull(jax.tree.map(lambda t, p: t.astype(p.dtype), v, w1))[0]
 
 
-def _mixed_product(train, params, alphas, batch, v, axis_name):
+def mixed_product(train, params, alphas, batch, v, axis_name):
   """[grad^2_{alpha,w} L_train(w, alpha)] v, exactly, by jvp of grad_alpha."""
   grad_alpha = lambda w: device_grad(train, 1, w, alphas, batch, axis_name)[0]
   # Tangents must carry the primals' dtypes (v may have been promoted).
@@ -264,7 +264,7 @@ def _unrolled(train, val, params, alphas, tb, vb, o):
   return _pmean(g, o.axis_name), aux
 
 
-def _second_order_parts(train, val, params, alphas, tb, vb, o):
+def second_order_parts(train, val, params, alphas, tb, vb, o):
   """(grad_alpha L_val(w'), u = (dw'/dg)^T grad_w' L_val(w'), aux): u is eq. 7's -xi v."""
   w1, pull = virtual_update_and_pullback(train, params, alphas, tb, o.xi, o.optimizer,
                                          o.opt_state, o.axis_name)
@@ -273,20 +273,34 @@ def _second_order_parts(train, val, params, alphas, tb, vb, o):
 
 
 def _exact_hvp(train, val, params, alphas, tb, vb, o):
-  g_a, u, aux = _second_order_parts(train, val, params, alphas, tb, vb, o)
-  mixed = _mixed_product(train, params, alphas, tb, u, o.axis_name)
+  g_a, u, aux = second_order_parts(train, val, params, alphas, tb, vb, o)
+  mixed = mixed_product(train, params, alphas, tb, u, o.axis_name)
   return _axpy(1.0, mixed, g_a), aux
+
+
+def fd_step(u: PyTree, fd_eps) -> jnp.ndarray:
+  """eps = fd_eps / ||u||_2 (global L2 norm), the step of eq. 8 along u."""
+  norm = optax.tree_utils.tree_norm(u)
+  # A zero u makes the product zero for any eps; keep eps finite so 0/eps = 0.
+  return fd_eps / jnp.where(norm > 0, norm, jnp.ones_like(norm))
+
+
+def fd_point(train, params, alphas, batch, u, eps, axis_name) -> PyTree:
+  """grad_alpha L_train(w + eps u, alpha), device-averaged: one point of eq. 8."""
+  return device_grad(train, 1, _axpy(eps, u, params), alphas, batch, axis_name)[0]
+
+
+def fd_product(g_plus: PyTree, g_minus: PyTree, eps) -> PyTree:
+  """The central difference (g_plus - g_minus) / (2 eps) of eq. 8."""
+  return jax.tree.map(lambda p, m: (p - m) / (2 * eps), g_plus, g_minus)
 
 
 def _finite_difference(train, val, params, alphas, tb, vb, o):
   # Eq. 8 along u = -xi v: the points w +- eps v/||v|| are the paper's.
-  g_a, u, aux = _second_order_parts(train, val, params, alphas, tb, vb, o)
-  norm = optax.tree_utils.tree_norm(u)
-  # A zero u makes the product zero for any eps; keep eps finite so 0/eps = 0.
-  eps = o.fd_eps / jnp.where(norm > 0, norm, jnp.ones_like(norm))
-  g_plus, _ = device_grad(train, 1, _axpy(eps, u, params), alphas, tb, o.axis_name)
-  g_minus, _ = device_grad(train, 1, _axpy(-eps, u, params), alphas, tb, o.axis_name)
-  mixed = jax.tree.map(lambda p, m: (p - m) / (2 * eps), g_plus, g_minus)
+  g_a, u, aux = second_order_parts(train, val, params, alphas, tb, vb, o)
+  eps = fd_step(u, o.fd_eps)
+  mixed = fd_product(fd_point(train, params, alphas, tb, u, eps, o.axis_name),
+                     fd_point(train, params, alphas, tb, u, -eps, o.axis_name), eps)
   return _axpy(1.0, mixed, g_a), aux
 
 
@@ -320,7 +334,7 @@ def _implicit(solver):
     else:
       x, info = solvers.cg_solve(hvp, g_w, o.cg_iters, o.cg_damping,
                                  o.unroll_solver)
-    mixed = _mixed_product(train, params, alphas, tb, x, o.axis_name)
+    mixed = mixed_product(train, params, alphas, tb, x, o.axis_name)
     return _axpy(-1.0, mixed, g_a), aux, info
 
   return estimator

@@ -34,6 +34,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jdarts import staged
+
 BACKENDS = ("pmap", "shard_map", "none")
 AXIS = "batch"
 
@@ -82,7 +84,9 @@ class ParallelStep:
 
   Args:
     per_device_step: the step, using collectives over `axis_name` when
-      num_devices > 1.
+      num_devices > 1; a `jdarts.staged.StagedStep` runs as one program per
+      stage (its replicated scratch placed like the state, its rows like a
+      batch), only the last taking over (donated) the state's buffers.
     backend: 'pmap' | 'shard_map' | 'none'.
     devices: devices to use (default: all local devices; 'none' uses one).
     axis_name: the collective axis name the step was built with.
@@ -114,25 +118,47 @@ class ParallelStep:
     if compiler_options is None:
       compiler_options = default_compiler_options(self.devices[0].platform)
     self.compiler_options = dict(compiler_options) or None
-    donate_args = (0,) if donate else ()
-    if backend == "pmap":
-      # devices=None under several processes: pmap then spans all processes.
-      self._fn = jax.pmap(per_device_step, axis_name=axis_name,
-                          devices=None if self.multi_process else self.devices,
-                          donate_argnums=donate_args)
-      if self.compiler_options:
-        self._fn = _PmapWithOptions(self._fn, self.compiler_options)
-    elif backend == "shard_map":
+    self._step, self._donate, self._num_batches = per_device_step, donate, num_batches
+    if isinstance(per_device_step, staged.StagedStep) and num_batches != 2:
+      raise ValueError(f"a staged step takes a train and a val batch, not {num_batches}.")
+    if backend == "shard_map":
       mesh_devices = jax.devices() if self.multi_process else self.devices
       self.mesh = Mesh(np.asarray(mesh_devices), (axis_name,))
       self._replicated = NamedSharding(self.mesh, P())
       self._split = NamedSharding(self.mesh, P(axis_name))
-      self._donate_args, self._num_batches = donate_args, num_batches
-      self._per_device_step = per_device_step
       self._fn = None  # built by put_state, which sees whether the state has a carry
     else:
-      self._fn = jax.jit(per_device_step, donate_argnums=donate_args,
-                         compiler_options=self.compiler_options)
+      self._fn = self._build(None)
+
+  def _build(self, state_specs) -> Callable:
+    """The step over the devices; a `StagedStep`'s stages each as their own program."""
+    step = self._step
+    if not isinstance(step, staged.StagedStep):
+      return self._wrap(step, True, state_specs, ())
+    rows = P(self.axis_name) if self.backend == "shard_map" else None
+    scratch = {staged.REP: P(), staged.ROWS: rows}
+    progs = {n: self._wrap(f, n == step.final, state_specs, (scratch,))
+             for n, f in step.stages.items()}
+    return lambda state, *batches: step.run(lambda n, *args: progs[n](*args), state, *batches)
+
+  def _wrap(self, fn: Callable, final: bool, state_specs, extra_specs) -> Callable:
+    # Only the program returning the new state may take over the old one's buffers.
+    donate = (0,) if (self._donate and final) else ()
+    if self.backend == "pmap":
+      # devices=None under several processes: pmap then spans all processes.
+      out = jax.pmap(fn, axis_name=self.axis_name,
+                     devices=None if self.multi_process else self.devices,
+                     donate_argnums=donate)
+      return _PmapWithOptions(out, self.compiler_options) if self.compiler_options else out
+    if self.backend == "shard_map":
+      # check_vma=False: gradients w.r.t. the replicated state are then per-device
+      # values that the step averages itself, exactly as under pmap.
+      batch = (P(self.axis_name),) * self._num_batches
+      mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=(state_specs,) + batch + extra_specs,
+                             out_specs=(state_specs, P()) if final else extra_specs[0],
+                             check_vma=False)
+      return jax.jit(mapped, donate_argnums=donate, compiler_options=self.compiler_options)
+    return jax.jit(fn, donate_argnums=donate, compiler_options=self.compiler_options)
 
   # Moving values in and out --------------------------------------------------
   def _state_specs(self, state):
@@ -142,16 +168,6 @@ class ParallelStep:
       return specs
     return specs.replace(carry=jax.tree_util.tree_map(lambda _: P(self.axis_name),
                                                       _carry(state)))
-
-  def _build_shard_map(self, state):
-    # check_vma=False: gradients w.r.t. the replicated state are then per-device
-    # values that the step averages itself, exactly as under pmap.
-    specs = self._state_specs(state)
-    mapped = jax.shard_map(self._per_device_step, mesh=self.mesh,
-                           in_specs=(specs,) + (P(self.axis_name),) * self._num_batches,
-                           out_specs=(specs, P()), check_vma=False)
-    self._fn = jax.jit(mapped, donate_argnums=self._donate_args,
-                       compiler_options=self.compiler_options)
 
   def put_state(self, state):
     """Places a host/global state the way the step expects it."""
@@ -172,7 +188,7 @@ class ParallelStep:
                       devices=None if self.multi_process else self.devices)(stacked)
     if self.backend == "shard_map":
       if self._fn is None:
-        self._build_shard_map(state)
+        self._fn = self._build(self._state_specs(state))
       if self.multi_process:
         def replicate(x):
           x = np.asarray(x)

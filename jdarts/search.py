@@ -14,6 +14,9 @@ built for a step kind of `STEP_KINDS`:
   updates weights and alphas together; the validation batch is only measured.
 * 'fused_first_order': 'bilevel' with `first_order`, both half-steps in one
   two-iteration `lax.scan` (same numbers, less compile time, slow on XLA:CPU).
+* 'staged_bilevel': 'bilevel' with `finite_difference` or `exact_hvp` cut
+  into stages that `jdarts.parallel.ParallelStep` compiles as separate
+  programs (`jdarts.staged`; same numbers up to rounding).
 
 With `grad_correlation=True` the step also reports `grad_correlation`, the
 cosine between the alpha gradients of the training loss on the training batch
@@ -40,7 +43,10 @@ import optax
 
 from jdarts import depthwise
 from jdarts import hypergrad
+from jdarts import hypergrad_estimators as he
 from jdarts import optim
+from jdarts import solvers
+from jdarts import staged
 from jdarts.registry import Registry
 
 PyTree = Any
@@ -170,15 +176,23 @@ class StepContext(NamedTuple):
 STEP_KINDS = Registry("search step kind")
 
 
-def step_kind_for(arch_cfg) -> str:
-  """`arch.step_kind`, or for 'auto' the kind the estimator implies."""
+def step_kind_for(arch_cfg, backend: Optional[str] = None) -> str:
+  """`arch.step_kind`, or for 'auto' the kind the estimator implies on `backend`
+  (default: JAX's): 'staged_bilevel' for `finite_difference` on CPU, where its
+  programs, free to take the fused depthwise form, ran the small benchmark
+  setting's whole step 1.47x faster, compiled 1.65x sooner and peaked 26% lower
+  than one program (benchmarks/RESULTS.md; for `exact_hvp` it ran 3% slower).
+  """
   kind = arch_cfg.get("step_kind", "auto")
   if kind != "auto":
     return kind
-  if arch_cfg.method == "single_level":
+  method = arch_cfg.get("method")
+  if method == "single_level":
     return "single_level"
-  if arch_cfg.method == "first_order" and arch_cfg.get("fuse_first_order", False):
+  if method == "first_order" and arch_cfg.get("fuse_first_order", False):
     return "fused_first_order"
+  if method == "finite_difference" and (backend or jax.default_backend()) == "cpu":
+    return "staged_bilevel"
   return "bilevel"
 
 
@@ -209,35 +223,117 @@ def _new_carry(state, c_train, c_val):
   return None if state.carry is None else {"train": c_train, "val": c_val}
 
 
+def _arch_setup(ctx: StepContext, state):
+  """(train loss, val loss, `hypergrad.arch_grad` keywords) of `state`'s step on this device."""
+  arch = ctx.arch_cfg
+  k_val, k_train = step_keys(state, ctx.axis_name)
+  c_train, c_val = _carries(state)
+  lr = ctx.schedule(state.step)
+  v_opt = None if ctx.virtual is None else ctx.virtual.optimizer
+  kwargs = dict(xi=jnp.where(arch.xi < 0, lr, arch.xi), optimizer=v_opt,
+                opt_state=None if v_opt is None else ctx.virtual.state_of(state.w_opt_state),
+                axis_name=ctx.axis_name, **estimator_options(arch, ctx.weight_decay))
+  return bind_loss(ctx.space, k_train, c_train), bind_loss(ctx.space, k_val, c_val), kwargs
+
+
+def _update(ctx: StepContext, state, train_loss, train_batch, g_a, val_aux, c_val):
+  """Algorithm 1 from the architecture gradient on: the alphas' step, then the
+  weights' with the updated alphas; returns (new state, metrics)."""
+  axis = ctx.axis_name
+  g_a = _pmean(g_a, axis)
+  a_upd, a_os = ctx.a_opt.update(g_a, state.a_opt_state, state.alphas)
+  alphas = optax.apply_updates(state.alphas, a_upd)
+  (_, (train_aux, c_train)), g_p = jax.value_and_grad(train_loss, has_aux=True)(
+      state.params, alphas, train_batch)
+  g_p = _pmean(g_p, axis)
+  w_upd, w_os = ctx.w_opt.update(g_p, state.w_opt_state, state.params)
+  new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, w_upd),
+                      alphas=alphas, w_opt_state=w_os, a_opt_state=a_os,
+                      carry=_new_carry(state, c_train, c_val))
+  return new, _metrics(ctx, state, train_aux, val_aux, _norm(g_p), _norm(g_a))
+
+
 @STEP_KINDS.register("bilevel")
 def _bilevel(ctx: StepContext) -> Callable:
-  arch, axis = ctx.arch_cfg, ctx.axis_name
 
   def step(state, train_batch, val_batch):
-    k_val, k_train = step_keys(state, axis)
-    c_train, c_val = _carries(state)
-    train_loss = bind_loss(ctx.space, k_train, c_train)
-    val_loss = bind_loss(ctx.space, k_val, c_val)
-    lr = ctx.schedule(state.step)
-    xi = jnp.where(arch.xi < 0, lr, arch.xi)
-    v_opt = None if ctx.virtual is None else ctx.virtual.optimizer
+    train_loss, val_loss, kwargs = _arch_setup(ctx, state)
     g_a, (val_aux, c_val) = hypergrad.arch_grad(
-        arch.method, train_loss, val_loss, state.params, state.alphas, train_batch,
-        val_batch, xi=xi, optimizer=v_opt,
-        opt_state=None if v_opt is None else ctx.virtual.state_of(state.w_opt_state),
-        has_aux=True, axis_name=axis, **estimator_options(arch, ctx.weight_decay))
-    g_a = _pmean(g_a, axis)
-    a_upd, a_os = ctx.a_opt.update(g_a, state.a_opt_state, state.alphas)
-    alphas = optax.apply_updates(state.alphas, a_upd)
-    (_, (train_aux, c_train)), g_p = jax.value_and_grad(train_loss, has_aux=True)(
-        state.params, alphas, train_batch)
-    g_p = _pmean(g_p, axis)
-    w_upd, w_os = ctx.w_opt.update(g_p, state.w_opt_state, state.params)
-    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, w_upd),
-                        alphas=alphas, w_opt_state=w_os, a_opt_state=a_os,
-                        carry=_new_carry(state, c_train, c_val))
-    return new, _metrics(ctx, state, train_aux, val_aux, _norm(g_p), _norm(g_a))
+        ctx.arch_cfg.method, train_loss, val_loss, state.params, state.alphas, train_batch,
+        val_batch, has_aux=True, **kwargs)
+    return _update(ctx, state, train_loss, train_batch, g_a, val_aux, c_val)
   return step
+
+
+STAGED_METHODS = ("finite_difference", "exact_hvp")
+
+
+@STEP_KINDS.register("staged_bilevel")
+def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
+  """'bilevel' with a second-order estimator cut into programs (`jdarts.staged`).
+
+  Stages: 'parts' (the virtual step w', u = (dw'/dg)^T grad_w' L_val(w') and
+  grad_alpha L_val(w')); for `finite_difference` 'point', grad_alpha
+  L_train(w + eps u), run at +eps and at -eps; for `exact_hvp` 'product',
+  [grad^2_{alpha,w} L_train] u (within `compile_light`: it differentiates
+  twice); then 'update', the alphas' and the weights' steps. Only 'product'
+  is second order, so the others may take the fused depthwise form.
+  """
+  method = ctx.arch_cfg.method
+  if method not in STAGED_METHODS:
+    raise ValueError(f"step kind 'staged_bilevel' computes {' and '.join(STAGED_METHODS)}, "
+                     f"not arch.method={method!r}; use arch.step_kind='bilevel'.")
+  fd = method == "finite_difference"
+
+  def parts(state, train_batch, val_batch, _):
+    train, val, kwargs = _arch_setup(ctx, state)
+    o = hypergrad.options(method, **kwargs)
+    hypergrad.check_args(method, state.params, state.alphas, o)
+    g_a, u, (val_aux, c_val) = he.second_order_parts(
+        he.wrap_loss(train, "train_loss", True), he.wrap_loss(val, "val_loss", True),
+        state.params, state.alphas, train_batch, val_batch, o)
+    # Replicated scratch must be equal on every device: metrics averaged now.
+    rep = dict(g_a=g_a, u=u, val_aux=_pmean(val_aux, ctx.axis_name))
+    if fd:
+      eps = he.fd_step(u, o.fd_eps)
+      rep.update(eps=eps, neg_eps=-eps)
+    return staged.scratch(rep, dict(c_val=c_val))
+
+  def point(state, train_batch, val_batch, s):
+    train = _arch_setup(ctx, state)[0]
+    g = he.fd_point(train, state.params, state.alphas, train_batch, s[staged.REP]["u"],
+                    s[staged.REP]["eps"], ctx.axis_name)
+    return staged.scratch(dict(g=g))
+
+  def product(state, train_batch, val_batch, s):
+    train = _arch_setup(ctx, state)[0]
+    with depthwise.compile_light():
+      mixed = he.mixed_product(train, state.params, state.alphas, train_batch,
+                               s[staged.REP]["u"], ctx.axis_name)
+    return staged.scratch(dict(mixed=mixed))
+
+  def update(state, train_batch, val_batch, s):
+    r = s[staged.REP]
+    mixed = he.fd_product(r["g_plus"], r["g_minus"], r["eps"]) if fd else r["mixed"]
+    return _update(ctx, state, _arch_setup(ctx, state)[0], train_batch,
+                   solvers.axpy(1.0, mixed, r["g_a"]), r["val_aux"], s[staged.ROWS]["c_val"])
+
+  def drive(call, state, train_batch, val_batch):
+    s = call("parts", state, train_batch, val_batch, staged.scratch())
+    rep = dict(s[staged.REP])
+    u = rep.pop("u")
+    if fd:
+      at = lambda eps: call("point", state, train_batch, val_batch,
+                            staged.scratch(dict(u=u, eps=eps)))[staged.REP]["g"]
+      rep.update(g_plus=at(rep["eps"]), g_minus=at(rep.pop("neg_eps")))
+    else:
+      rep["mixed"] = call("product", state, train_batch, val_batch,
+                          staged.scratch(dict(u=u)))[staged.REP]["mixed"]
+    return call("update", state, train_batch, val_batch, staged.scratch(rep, s[staged.ROWS]))
+
+  stages = dict(parts=parts, update=update, **(dict(point=point) if fd else
+                                               dict(product=product)))
+  return staged.StagedStep(stages, drive, final="update", light=True)
 
 
 def _joint(loss, params, alphas, batch, axis):
@@ -333,6 +429,20 @@ def grad_correlation(space, state: SearchState, train_batch, val_batch,
   return (dot / jnp.maximum(_norm(g_t) * _norm(g_v), 1e-30)).astype(jnp.float32)
 
 
+def _staged_correlation(inner: staged.StagedStep, space, axis_name) -> staged.StagedStep:
+  """`inner` with `grad_correlation` as a first stage of its own (its metric added)."""
+  def correlation(state, train_batch, val_batch, _):
+    return staged.scratch(dict(c=grad_correlation(space, state, train_batch, val_batch,
+                                                   axis_name)))
+
+  def drive(call, state, train_batch, val_batch):
+    corr = call("grad_correlation", state, train_batch, val_batch, staged.scratch())
+    new, metrics = inner.drive(call, state, train_batch, val_batch)
+    return new, {**metrics, "grad_correlation": corr[staged.REP]["c"]}
+  return staged.StagedStep(dict(inner.stages, grad_correlation=correlation), drive,
+                           inner.final, inner.light)
+
+
 def _compile_light(step: Callable) -> Callable:
   """`step` traced within `depthwise.compile_light()`: its weight update too, so a
   second-order program holds one depthwise form, the one that compiles lightly."""
@@ -371,7 +481,9 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
       `arch.virtual_step='sgd'`.
 
   Returns:
-    The step function; metrics are float32 scalars: train_loss, val_loss,
+    The step function (for 'staged_bilevel' a `jdarts.staged.StagedStep`: a
+    function too, one program under `jax.jit`, several under
+    `jdarts.parallel.ParallelStep`); metrics are float32 scalars: train_loss, val_loss,
     train_<m> and val_<m> for each of `space.metric_names`, lr, grad_norm,
     alpha_grad_norm, param_norm (of the weights the step starts from),
     grad_clipped (1.0 when grad_norm > optim.grad_clip, i.e.
@@ -394,6 +506,8 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
   build = STEP_KINDS.get(step_kind_for(arch_cfg))
   inner = build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name,
                             float(weight_decay or 0.0), virtual, grad_clip))
+  if isinstance(inner, staged.StagedStep):
+    return _staged_correlation(inner, space, axis_name) if log_grad_correlation else inner
   if hypergrad.estimator(arch_cfg.method).second_order:
     inner = _compile_light(inner)
   if not log_grad_correlation:

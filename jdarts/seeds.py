@@ -25,6 +25,7 @@ import numpy as np
 from jdarts import event_writer
 from jdarts import runs
 from jdarts import search as search_lib
+from jdarts import staged
 
 SEED_DIR = "seed_{}"
 SUMMARY_JSON = "seeds.json"
@@ -91,10 +92,17 @@ def vmap_step(step: Callable, state_template: search_lib.SearchState, *,
     num_batches: batch arguments after the state.
 
   Returns:
-    `(stacked state, *batches) -> (stacked state, metrics of shape (K,))`.
+    `(stacked state, *batches) -> (stacked state, metrics of shape (K,))`; a
+    `jdarts.staged.StagedStep` stays one, each stage vmapped.
   """
   axes = state_axes(state_template)
   batch_axis = None if shared_batches else 1
+  if isinstance(step, staged.StagedStep):
+    # Scratch rows keep the batch axis first, as the carry does.
+    scratch = {staged.REP: 0, staged.ROWS: 1}
+    return step.map(lambda name, f: jax.vmap(
+        f, in_axes=(axes, batch_axis, batch_axis, scratch),
+        out_axes=(axes, 0) if name == step.final else scratch))
   return jax.vmap(step, in_axes=(axes,) + (batch_axis,) * num_batches, out_axes=(axes, 0))
 
 

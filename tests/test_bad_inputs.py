@@ -155,6 +155,8 @@ CASES = [
      "unknown operation 'foo'"),
     ("search", "--config={S} --workdir={D}/w --config.arch.step_kind=foo",
      "arch.step_kind='foo' is unknown"),
+    ("search", "--config={S} --workdir={D}/w --config.arch.step_kind=staged_bilevel",
+     "arch.step_kind='staged_bilevel' computes finite_difference or exact_hvp"),
     ("search", "--config={S} --workdir={D}/w --config.model.dtype=float16",
      "model.dtype='float16'"),
     ("train", "{T} --workdir={D}/w --config.model.name=foo", "model.name='foo' is unknown"),

@@ -24,7 +24,6 @@ import loop_convs  # noqa: E402
 import pass_times  # noqa: E402
 import search_step  # noqa: E402
 import side_by_side  # noqa: E402
-import split_second_order  # noqa: E402
 
 from jdarts import config_lib, schedules  # noqa: E402
 
@@ -220,6 +219,25 @@ def test_side_by_side_table_ratios_and_failures():
   assert lines[-1].startswith("Failed: arch_second: exit 1")
 
 
+def test_side_by_side_whole_step_sums_the_reference_kinds():
+  """A whole search step is set against the reference's architecture step plus its
+  weight step: times summed, the larger peak; a missing part gives no figure."""
+  ref = {"weight": dict(ms_min=600.0, ms_per_step=700.0, peak_rss_mb=900.0),
+         "arch_second": dict(ms_min=2400.0, ms_per_step=2600.0, peak_rss_mb=1800.0)}
+  ours = {("search_finite_difference", "default"): dict(ms_min=1500.0, ms_per_step=1650.0),
+          ("search_exact_hvp", "default"): dict(ms_min=1000.0, ms_per_step=1000.0)}
+  meta = dict(setting="tiny", C=2, layers=3, batch=2, date="d", cpu="c", threads=2,
+              peer_commit="p", torch="t", commit="x", jax="j", load0="0", load1="1", load2="2")
+  rows = [r for r in side_by_side.ROWS if r[0].startswith("search_")]
+  lines = side_by_side.table(ref, ours, meta, rows=rows).splitlines()
+  fd = next(l for l in lines if l.startswith("| whole search step, finite"))
+  assert "| 3000 / 3300 | 1500 / 1650 | 2.00x | 2.00x |" in fd and "| 1800 |" in fd
+  del ref["weight"]
+  lines = side_by_side.table(ref, ours, meta, rows=rows).splitlines()
+  exact = next(l for l in lines if l.startswith("| whole search step, exact"))
+  assert "| - / - | 1000 / 1000 | - | - |" in exact
+
+
 def test_side_by_side_refuses_missing_torch_venv(tmp_path):
   p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "side_by_side.py"),
                       f"--ptv={tmp_path}", f"--peer={tmp_path}"], capture_output=True,
@@ -388,31 +406,20 @@ def test_loop_convs_canonical_conv_has_xlas_gradients_to_second_order(k, strides
     np.testing.assert_allclose(hv(ours), hv(ref), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", split_second_order.METHODS)
-def test_split_second_order_computes_arch_grads_estimate(method, x64):
-  # The prototype's separately compiled programs must give the estimate the
-  # one-program step gives (hypergrad.arch_grad), with an optax virtual step
-  # (momentum, decay) and a nonlinear loss, or its timings compare other work.
-  # In float64: eq. 8's difference quotient magnifies float32 round-off (2e-5).
-  from jdarts import hypergrad
-  rng = np.random.RandomState(0)
-  A = jnp.asarray(rng.randn(5, 4))
-
-  def loss(w, a, b):
-    r = jnp.tanh(A @ w["w"] * a["a"][:5]) - b
-    return jnp.sum(r ** 2) + jnp.sum(a["a"] ** 2 * jnp.sin(w["w"]).sum()), {}
-  params = {"w": jnp.asarray(rng.randn(4))}
-  alphas = {"a": jnp.asarray(rng.randn(6))}
-  tb, vb = jnp.asarray(rng.randn(5)), jnp.asarray(rng.randn(5))
-  w_opt = optax.chain(optax.add_decayed_weights(3e-4), optax.sgd(0.05, momentum=0.9))
-  opt_state = w_opt.init(params)
-  _, opt_state = w_opt.update(params, opt_state, params)  # a non-zero momentum buffer
-  ref = hypergrad.arch_grad(method, loss, loss, params, alphas, tb, vb, optimizer=w_opt,
-                            opt_state=opt_state, fd_eps=0.01, has_aux=True)[0]
-  o = hypergrad.options(method, optimizer=w_opt, opt_state=opt_state, fd_eps=0.01)
-  got = split_second_order.split_arch_grad(method, loss, loss, o)(params, alphas, tb, vb)
-  first = hypergrad.arch_grad("first_order", loss, loss, params, alphas, tb, vb,
-                              has_aux=True)[0]
-  assert float(jnp.max(jnp.abs(ref["a"] - first["a"]))) > 1e-3  # a second-order term exists
-  assert got["a"].dtype == jnp.float64
-  np.testing.assert_allclose(got["a"], ref["a"], rtol=1e-9, atol=1e-12)
+def test_search_step_times_the_whole_step_a_search_runs():
+  # search_* kinds time the library's step through ParallelStep: a staged step's
+  # programs, the caller's state left intact (donation works on a copy).
+  import test_staged
+  from jdarts import config_lib, search
+  state, _, batches = test_staged._problem("finite_difference", "bilevel")
+  state = jax.device_put(state)
+  space, cfg, w_opt, a_opt, sched = test_staged._setup()
+  rows = [search_step.measure_search_step(space, cfg, w_opt, a_opt, sched, state, batches[0],
+                                          batches[1], "finite_difference", kind, repeats=2,
+                                          release=False) for kind in ("staged_bilevel", "auto")]
+  cfg.arch.method = "finite_difference"
+  assert [r["step_kind"] for r in rows] == ["staged_bilevel", search.step_kind_for(cfg.arch)]
+  for r in rows:
+    assert r["ms_min"] > 0 and len(r["step_ms"]) == 2
+    assert r["first_call_s"] >= r["compile_s"] > 0
+  assert not jax.tree_util.tree_leaves(state.params)[0].is_deleted()

@@ -1,0 +1,183 @@
+"""The multi-program search step (`arch.step_kind='staged_bilevel'`, `jdarts.staged`).
+
+Its reference is the one-program 'bilevel' step with the same estimator: for
+`finite_difference` and `exact_hvp`, on one device and under pmap and
+shard_map on 2 fake devices, with K seeds, through the CLI and its resume,
+the staged step ends where 'bilevel' does. Most tests use the toy space of
+tests/test_toy_space.py (a carry split over devices, dropout, its own
+metrics), whose programs compile in about a second.
+"""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import helpers
+import test_toy_space  # noqa: F401  (registers the toy space)
+from jdarts import (cli, config_lib, data, experiment, optim, parallel, schedules, search,
+                    seeds, spaces)
+from jdarts import staged
+
+METHODS = ("finite_difference", "exact_hvp")
+
+
+def _setup(dropout=0.1):
+  """(toy space, config, weight and alpha optimisers, schedule)."""
+  cfg = helpers.tiny_search_config()
+  info = data.DatasetInfo("t", (8, 8, 1), 10, (0.5,), (0.25,))
+  space = spaces.get_space("toy_mlp_cell", {"hidden": 8, "dropout": dropout}, info)
+  sched = schedules.make_schedule(cfg.optim, 1, 10)
+  w_opt, a_opt = optim.weight_optimizer(cfg.optim, sched), optim.arch_optimizer(cfg.arch)
+  return space, cfg, w_opt, a_opt, sched
+
+
+def _problem(method, kind, axis=None, dropout=0.1, correlation=True, seed=0):
+  """(host state, per-device step, 4 batches) of the toy space."""
+  space, cfg, w_opt, a_opt, sched = _setup(dropout)
+  cfg.arch.method, cfg.arch.step_kind = method, kind
+  rng = np.random.RandomState(0)
+  batches = [{"image": rng.randn(8, 8, 8, 1).astype(np.float32),
+              "label": rng.randint(0, 10, 8).astype(np.int32)} for _ in range(4)]
+  state = search.init_state(space, jax.random.PRNGKey(seed), batches[0], w_opt, a_opt)
+  step = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched, axis_name=axis,
+                                 optim_cfg=cfg.optim, log_grad_correlation=correlation)
+  return jax.device_get(state), step, batches
+
+
+def _run(step, state, batches, backend="none", n=1, steps=2):
+  ps = parallel.ParallelStep(step, backend=backend, devices=jax.local_devices()[:n])
+  s = ps.put_state(state)
+  for i in range(steps):
+    s, m = ps(s, batches[(2 * i) % 4], batches[(2 * i + 1) % 4])
+  return jax.device_get(ps.get_state(s)), jax.device_get(ps.get_metrics(m))
+
+
+def _assert_close(a, b, rtol=2e-5, atol=2e-6):
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_staged_step_equals_the_one_program_step(method):
+  """Same states and metrics after 2 steps, each stage compiled once and run as its own
+  program: 'point' twice per step for finite differences, 'product' once for exact_hvp."""
+  state, step, batches = _problem(method, "staged_bilevel")
+  assert isinstance(step, staged.StagedStep)
+  calls, traces = [], []
+
+  def count(name, f):
+    def traced(*args):
+      traces.append(name)  # runs only when JAX traces the stage
+      return f(*args)
+    return traced
+  counted = step.map(count)
+  progs = {n: parallel.jit(f) for n, f in counted.stages.items()}
+
+  def call(name, *args):
+    calls.append(name)
+    return progs[name](*args)
+  s = state
+  for i in range(2):
+    s, m = counted.run(call, s, batches[2 * i], batches[2 * i + 1])
+  got = jax.device_get((s, m))
+  ref = _run(_problem(method, "bilevel")[1], state, batches)
+  _assert_close(got, ref)
+  assert "grad_correlation" in got[1]
+  mixed = ["point", "point"] if method == "finite_difference" else ["product"]
+  assert calls == 2 * (["grad_correlation", "parts"] + mixed + ["update"])
+  assert sorted(traces) == sorted(set(calls))  # one trace per stage for both steps
+
+
+def test_parallel_step_compiles_each_stage_apart():
+  """ParallelStep runs the stages as programs of their own, the state donated to the
+  last only (the earlier ones read it after it would have been consumed); called
+  under jax.jit the step is one program with the same numbers."""
+  state, step, batches = _problem("finite_difference", "staged_bilevel")
+  ps = parallel.ParallelStep(step, backend="none")
+  s = ps.put_state(state)
+  leaf = jax.tree_util.tree_leaves(s.params)[0]
+  ps(s, batches[0], batches[1])
+  assert leaf.is_deleted()
+  _assert_close(_run(step, state, batches), _run(jax.jit(step), state, batches))
+
+
+@pytest.mark.parametrize("backend", ["pmap", pytest.param("shard_map", marks=pytest.mark.slow)])
+def test_staged_step_over_two_devices_equals_the_one_program_step(backend):
+  """The carry's rows are split over the devices in the scratch as in the state."""
+  results = []
+  for kind in ("bilevel", "staged_bilevel"):
+    state, step, batches = _problem("finite_difference", kind, axis=parallel.AXIS)
+    results.append(_run(step, state, batches, backend, 2))
+  _assert_close(*results)
+  assert results[1][0].carry["train"].shape == (8, 8)
+
+
+def test_staged_step_over_k_seeds_equals_the_one_program_step():
+  """`seeds.vmap_step` maps every stage; scratch rows keep the batch axis first."""
+  out = []
+  for kind in ("bilevel", "staged_bilevel"):
+    state, step, batches = _problem("exact_hvp", kind)
+    stacked = seeds.stack_states([state, _problem("exact_hvp", kind, seed=1)[0]])
+    out.append(_run(seeds.vmap_step(step, stacked, shared_batches=True), stacked, batches))
+  _assert_close(*out)
+  assert out[1][1]["val_loss"].shape == (2,)
+  assert not np.allclose(out[1][0].alphas["cell"][0], out[1][0].alphas["cell"][1])
+
+
+def test_staged_step_refuses_other_estimators():
+  with pytest.raises(ValueError, match="'staged_bilevel' computes .*first_order.*bilevel"):
+    _problem("first_order", "staged_bilevel")
+  cfg = helpers.tiny_search_config()
+  cfg.arch.step_kind = "staged_bilevel"
+  with pytest.raises(config_lib.ConfigError, match="staged_bilevel.*first_order.*'auto'"):
+    experiment.validate(cfg)
+  with pytest.raises(ValueError, match="train and a val batch"):
+    parallel.ParallelStep(_problem("exact_hvp", "staged_bilevel")[1], backend="none",
+                          num_batches=1)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+  d = tmp_path_factory.mktemp("staged")
+  path = d / "toy.py"
+  path.write_text(test_toy_space._CONFIG.format(
+      tests_dir=os.path.dirname(helpers.__file__), cache=str(d / "xla_cache")))
+  return str(path)
+
+
+def _search(config, workdir, *args):
+  assert cli.main(["search", f"--config={config}", f"--workdir={workdir}",
+                   "--config.report=False", "--config.tensorboard=False",
+                   "--config.arch.method=finite_difference", *args]) == 0
+
+
+def test_staged_search_resumes_exactly(toy, tmp_path):
+  """`jdarts search` with the staged step: 2 steps and a rerun to 4 end bit for bit
+  where 4 steps do (weights, alphas, every logged value)."""
+  import test_seeds
+  staged_kind = "--config.arch.step_kind=staged_bilevel"
+  _search(toy, tmp_path / "whole", staged_kind, "--config.max_steps=4")
+  _search(toy, tmp_path / "parts", staged_kind, "--config.max_steps=2")
+  half = test_seeds._alphas(tmp_path / "parts")["cell"]
+  _search(toy, tmp_path / "parts", staged_kind, "--config.max_steps=4")
+  whole, parts = (test_seeds._alphas(tmp_path / d) for d in ("whole", "parts"))
+  np.testing.assert_array_equal(np.asarray(whole["cell"]), np.asarray(parts["cell"]))
+  assert np.abs(np.asarray(half) - np.asarray(parts["cell"])).max() > 0
+  test_seeds._assert_same_search(tmp_path / "whole", tmp_path / "parts", rtol=0, atol=0)
+
+
+def test_auto_stages_finite_differences_on_cpu_only():
+  """'auto' stages the estimator it was measured faster for, where it was measured."""
+  arch = config_lib.search_defaults().arch
+  kinds = {}
+  for method in ("first_order", "finite_difference", "exact_hvp", "single_level"):
+    arch.method = method
+    kinds[method] = (search.step_kind_for(arch, "cpu"), search.step_kind_for(arch, "gpu"))
+  assert kinds == {"first_order": ("bilevel", "bilevel"),
+                   "finite_difference": ("staged_bilevel", "bilevel"),
+                   "exact_hvp": ("bilevel", "bilevel"),
+                   "single_level": ("single_level", "single_level")}
+  arch.method, arch.step_kind = "finite_difference", "bilevel"
+  assert search.step_kind_for(arch, "cpu") == "bilevel"  # a named kind is kept
