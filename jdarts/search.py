@@ -16,7 +16,8 @@ built for a step kind of `STEP_KINDS`:
   two-iteration `lax.scan` (same numbers, less compile time, slow on XLA:CPU).
 * 'staged_bilevel': 'bilevel' with `finite_difference` or `exact_hvp` cut
   into stages that `jdarts.parallel.ParallelStep` compiles as separate
-  programs (`jdarts.staged`; same numbers up to rounding).
+  programs (`jdarts.staged`; same numbers up to rounding). 'auto' picks it
+  for `finite_difference` on CPU (`step_kind_for`).
 
 With `grad_correlation=True` the step also reports `grad_correlation`, the
 cosine between the alpha gradients of the training loss on the training batch
@@ -281,7 +282,7 @@ def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
   """
   method = ctx.arch_cfg.method
   if method not in STAGED_METHODS:
-    raise ValueError(f"step kind 'staged_bilevel' computes {' and '.join(STAGED_METHODS)}, "
+    raise ValueError(f"step kind 'staged_bilevel' computes {' or '.join(STAGED_METHODS)}, "
                      f"not arch.method={method!r}; use arch.step_kind='bilevel'.")
   fd = method == "finite_difference"
 
@@ -300,10 +301,9 @@ def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
     return staged.scratch(rep, dict(c_val=c_val))
 
   def point(state, train_batch, val_batch, s):
-    train = _arch_setup(ctx, state)[0]
-    g = he.fd_point(train, state.params, state.alphas, train_batch, s[staged.REP]["u"],
-                    s[staged.REP]["eps"], ctx.axis_name)
-    return staged.scratch(dict(g=g))
+    return staged.scratch(dict(g=he.fd_point(
+        _arch_setup(ctx, state)[0], state.params, state.alphas, train_batch,
+        s[staged.REP]["u"], s[staged.REP]["eps"], ctx.axis_name)))
 
   def product(state, train_batch, val_batch, s):
     train = _arch_setup(ctx, state)[0]
@@ -331,8 +331,7 @@ def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
                           staged.scratch(dict(u=u)))[staged.REP]["mixed"]
     return call("update", state, train_batch, val_batch, staged.scratch(rep, s[staged.ROWS]))
 
-  stages = dict(parts=parts, update=update, **(dict(point=point) if fd else
-                                               dict(product=product)))
+  stages = dict(parts=parts, update=update, **({"point": point} if fd else {"product": product}))
   return staged.StagedStep(stages, drive, final="update", light=True)
 
 
@@ -429,20 +428,6 @@ def grad_correlation(space, state: SearchState, train_batch, val_batch,
   return (dot / jnp.maximum(_norm(g_t) * _norm(g_v), 1e-30)).astype(jnp.float32)
 
 
-def _staged_correlation(inner: staged.StagedStep, space, axis_name) -> staged.StagedStep:
-  """`inner` with `grad_correlation` as a first stage of its own (its metric added)."""
-  def correlation(state, train_batch, val_batch, _):
-    return staged.scratch(dict(c=grad_correlation(space, state, train_batch, val_batch,
-                                                   axis_name)))
-
-  def drive(call, state, train_batch, val_batch):
-    corr = call("grad_correlation", state, train_batch, val_batch, staged.scratch())
-    new, metrics = inner.drive(call, state, train_batch, val_batch)
-    return new, {**metrics, "grad_correlation": corr[staged.REP]["c"]}
-  return staged.StagedStep(dict(inner.stages, grad_correlation=correlation), drive,
-                           inner.final, inner.light)
-
-
 def _compile_light(step: Callable) -> Callable:
   """`step` traced within `depthwise.compile_light()`: its weight update too, so a
   second-order program holds one depthwise form, the one that compiles lightly."""
@@ -507,7 +492,10 @@ def make_search_step(space, arch_cfg, w_opt, a_opt, schedule, *,
   inner = build(StepContext(space, arch_cfg, w_opt, a_opt, schedule, axis_name,
                             float(weight_decay or 0.0), virtual, grad_clip))
   if isinstance(inner, staged.StagedStep):
-    return _staged_correlation(inner, space, axis_name) if log_grad_correlation else inner
+    if log_grad_correlation:
+      inner = staged.with_metric_stage(inner, "grad_correlation", lambda *args: (
+          grad_correlation(space, *args, axis_name=axis_name)))
+    return inner
   if hypergrad.estimator(arch_cfg.method).second_order:
     inner = _compile_light(inner)
   if not log_grad_correlation:

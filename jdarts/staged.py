@@ -69,3 +69,22 @@ class StagedStep:
   def run(self, call: Callable, state, train_batch, val_batch):
     """Runs the stages through `call(name, state, tb, vb, scratch)` (compiled ones)."""
     return self.drive(call, state, train_batch, val_batch)
+
+
+def with_metric_stage(step: StagedStep, name: str, fn: Callable) -> StagedStep:
+  """`step` with a first stage of its own computing metric `name`.
+
+  Args:
+    step: a staged step.
+    name: the metric's (and the stage's) name.
+    fn: per-device `(state, train_batch, val_batch) -> scalar`, the same on
+      every device (averaged over the device axis), of the state before the step.
+  """
+  def first(state, train_batch, val_batch, _):
+    return scratch({name: fn(state, train_batch, val_batch)})
+
+  def drive(call, state, train_batch, val_batch):
+    value = call(name, state, train_batch, val_batch, scratch())[REP][name]
+    new, metrics = step.drive(call, state, train_batch, val_batch)
+    return new, {**metrics, name: value}
+  return StagedStep(dict(step.stages, **{name: first}), drive, step.final, step.light)

@@ -2,20 +2,19 @@
 
 Its reference is the one-program 'bilevel' step with the same estimator: for
 `finite_difference` and `exact_hvp`, on one device and under pmap and
-shard_map on 2 fake devices, with K seeds, through the CLI and its resume,
-the staged step ends where 'bilevel' does. Most tests use the toy space of
-tests/test_toy_space.py (a carry split over devices, dropout, its own
-metrics), whose programs compile in about a second.
+shard_map on 2 fake devices and with K seeds, the staged step ends where
+'bilevel' does; a search stopped and resumed through the CLI is
+tests/test_toy_space.py's. The tests use the toy space of that file (a carry
+split over devices, dropout, its own metrics), whose programs compile in
+about a second.
 """
-import os
-
 import jax
 import numpy as np
 import pytest
 
 import helpers
 import test_toy_space  # noqa: F401  (registers the toy space)
-from jdarts import (cli, config_lib, data, experiment, optim, parallel, schedules, search,
+from jdarts import (config_lib, data, experiment, optim, parallel, schedules, search,
                     seeds, spaces)
 from jdarts import staged
 
@@ -136,36 +135,6 @@ def test_staged_step_refuses_other_estimators():
   with pytest.raises(ValueError, match="train and a val batch"):
     parallel.ParallelStep(_problem("exact_hvp", "staged_bilevel")[1], backend="none",
                           num_batches=1)
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-  d = tmp_path_factory.mktemp("staged")
-  path = d / "toy.py"
-  path.write_text(test_toy_space._CONFIG.format(
-      tests_dir=os.path.dirname(helpers.__file__), cache=str(d / "xla_cache")))
-  return str(path)
-
-
-def _search(config, workdir, *args):
-  assert cli.main(["search", f"--config={config}", f"--workdir={workdir}",
-                   "--config.report=False", "--config.tensorboard=False",
-                   "--config.arch.method=finite_difference", *args]) == 0
-
-
-def test_staged_search_resumes_exactly(toy, tmp_path):
-  """`jdarts search` with the staged step: 2 steps and a rerun to 4 end bit for bit
-  where 4 steps do (weights, alphas, every logged value)."""
-  import test_seeds
-  staged_kind = "--config.arch.step_kind=staged_bilevel"
-  _search(toy, tmp_path / "whole", staged_kind, "--config.max_steps=4")
-  _search(toy, tmp_path / "parts", staged_kind, "--config.max_steps=2")
-  half = test_seeds._alphas(tmp_path / "parts")["cell"]
-  _search(toy, tmp_path / "parts", staged_kind, "--config.max_steps=4")
-  whole, parts = (test_seeds._alphas(tmp_path / d) for d in ("whole", "parts"))
-  np.testing.assert_array_equal(np.asarray(whole["cell"]), np.asarray(parts["cell"]))
-  assert np.abs(np.asarray(half) - np.asarray(parts["cell"])).max() > 0
-  test_seeds._assert_same_search(tmp_path / "whole", tmp_path / "parts", rtol=0, atol=0)
 
 
 def test_auto_stages_finite_differences_on_cpu_only():

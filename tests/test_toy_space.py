@@ -160,9 +160,11 @@ def test_the_toy_space_satisfies_the_protocol():
 
 # first_order resume is also pinned on the DARTS CNN (tests/test_resume.py) and the
 # recurrent space (tests/test_rnn_search_cli.py); here it runs with --runslow, as
-# single_level (the same checkpoint machinery with another step kind; suite time).
+# single_level and exact_hvp (the same checkpoint machinery with another step kind;
+# suite time). finite_difference runs the staged step ('auto' on CPU: several programs).
 @pytest.mark.parametrize("method", [pytest.param("first_order", marks=pytest.mark.slow),
-                                    "exact_hvp",
+                                    pytest.param("exact_hvp", marks=pytest.mark.slow),
+                                    "finite_difference",
                                     pytest.param("single_level", marks=pytest.mark.slow)])
 def test_cli_search_resume_equals_uninterrupted(toy_config, tmp_path, capsys, method):
   """2 steps, then a rerun to 4, ends where one 4-step run ends; outputs use the space's names."""
@@ -172,7 +174,8 @@ def test_cli_search_resume_equals_uninterrupted(toy_config, tmp_path, capsys, me
   assert _search(toy_config, parts, m, "--config.max_steps=2") == 0
   first_half = _alphas(parts)
   assert _search(toy_config, parts, m, "--config.max_steps=4") == 0
-  out = capsys.readouterr().out
+  captured = capsys.readouterr()
+  out = captured.out
   np.testing.assert_array_equal(_alphas(parts), _alphas(whole))
   assert np.abs(_alphas(whole) - first_half).max() > 0, "the resumed steps moved nothing"
   # The space's own metrics, its carry in use after the first step, its genotype format.
@@ -190,6 +193,8 @@ def test_cli_search_resume_equals_uninterrupted(toy_config, tmp_path, capsys, me
   summary = json.loads((parts / "summary.json").read_text())
   assert 0.0 <= summary["test_accuracy"] <= 1.0 and "test_carry_norm" in summary
   assert "supernet test accuracy" in out
+  if method == "finite_difference" and jax.default_backend() == "cpu":
+    assert "step kind staged_bilevel" in captured.err
 
 
 def test_the_carry_and_the_rng_are_in_the_checkpoint(toy_config, tmp_path):
