@@ -389,6 +389,9 @@ def main(argv=None):
   bad = [k for k in kinds if k not in known]
   if bad:
     raise SystemExit(f"--steps: unknown step {bad[0]!r}; choose from {', '.join(known)}")
+  if args.xla_default and set(kinds) & set(SEARCH_KINDS):
+    raise SystemExit("--xla_default: the search_* kinds compile as a search does; time "
+                     "them without it")
   if args.isolate and len(kinds) > 1:
     raise SystemExit(run_isolated(args, kinds))
 
@@ -402,8 +405,6 @@ def main(argv=None):
   for name in kinds:
     load0 = os.getloadavg()[0]
     if name in SEARCH_KINDS:
-      if args.xla_default:
-        raise SystemExit(f"--xla_default: {name} compiles as a search does")
       cost = measure_search_step(space, cfg, w_opt, a_opt, sched, state, tb, vb,
                                  SEARCH_KINDS[name], args.step_kind, args.repeats,
                                  args.warmup, release=not args.keep_freed, label=name)
