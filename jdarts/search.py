@@ -181,8 +181,8 @@ def step_kind_for(arch_cfg, backend: Optional[str] = None) -> str:
   """`arch.step_kind`, or for 'auto' the kind the estimator implies on `backend`
   (default: JAX's): 'staged_bilevel' for `finite_difference` on CPU, where its
   programs, free to take the fused depthwise form, ran the small benchmark
-  setting's whole step 1.47x faster, compiled 1.65x sooner and peaked 26% lower
-  than one program (benchmarks/RESULTS.md; for `exact_hvp` it ran 3% slower).
+  setting's whole step 1.34-1.47x faster, compiled ~1.6x sooner and peaked 26%
+  lower than one program (benchmarks/RESULTS.md; `exact_hvp`: 3% slower).
   """
   kind = arch_cfg.get("step_kind", "auto")
   if kind != "auto":
