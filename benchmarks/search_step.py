@@ -208,6 +208,23 @@ def _say(label: str, msg: str) -> None:
     print(f"[search_step] {label}: {msg}", file=sys.stderr, flush=True)
 
 
+def _timed_steps(step, state, warmup: int, repeats: int, label: str = ""):
+  """Calls `state = step(state)` `warmup` times, then times `repeats` calls:
+  (wall seconds per call, process CPU seconds of all timed calls)."""
+  for _ in range(warmup):
+    state = step(state)
+  jax.block_until_ready(state)
+  times, cpu = [], 0.0
+  for _ in range(repeats):
+    w0, p0 = time.perf_counter(), time.process_time()
+    state = step(state)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - w0)
+    cpu += time.process_time() - p0
+  _say(label, f"{repeats} steps, min {1e3 * min(times):.1f} ms")
+  return times, cpu
+
+
 def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = True,
             compiler_options=None, label: str = "") -> dict:
   """Compiles `fn` (state donated), warms up, times `repeats` calls; the cost fields of a row.
@@ -253,18 +270,8 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
   released = release and host_memory.release()
   rss1 = host_memory.resident_mb()
   reset_peak_rss()
-  for _ in range(warmup):
-    s = compiled(s, tb, vb)
-  jax.block_until_ready(s)
-  times, cpu = [], 0.0
-  for _ in range(repeats):
-    w0, p0 = time.perf_counter(), time.process_time()
-    s = compiled(s, tb, vb)
-    jax.block_until_ready(s)
-    times.append(time.perf_counter() - w0)
-    cpu += time.process_time() - p0
+  times, cpu = _timed_steps(lambda s: compiled(s, tb, vb), s, warmup, repeats, label)
   run_peak = peak_rss_mb()
-  _say(label, f"{repeats} steps, min {1e3 * min(times):.1f} ms")
   rnd = lambda x, n=1: None if x is None else round(x, n)
   return {"ms_per_step": rnd(1e3 * statistics.median(times)),
           "ms_min": rnd(1e3 * min(times)), "step_ms": [rnd(1e3 * t) for t in times],
@@ -312,18 +319,8 @@ def measure_search_step(space, cfg, w_opt, a_opt, sched, state, tb, vb, method: 
   released = release and host_memory.release()
   rss1 = host_memory.resident_mb()
   reset_peak_rss()
-  for _ in range(warmup):
-    s, _ = ps(s, tb, vb)
-  jax.block_until_ready(s)
-  times, cpu = [], 0.0
-  for _ in range(repeats):
-    w0, p0 = time.perf_counter(), time.process_time()
-    s, _ = ps(s, tb, vb)
-    jax.block_until_ready(s)
-    times.append(time.perf_counter() - w0)
-    cpu += time.process_time() - p0
+  times, cpu = _timed_steps(lambda s: ps(s, tb, vb)[0], s, warmup, repeats, label)
   run_peak = peak_rss_mb()
-  _say(label, f"{repeats} steps, min {1e3 * min(times):.1f} ms")
   rnd = lambda x, n=1: None if x is None else round(x, n)
   med = statistics.median(times)
   return {"ms_per_step": rnd(1e3 * med), "ms_min": rnd(1e3 * min(times)),
