@@ -208,6 +208,15 @@ def virtual_update_and_pullback(train, params, alphas, batch, xi, optimizer, opt
   so they estimate the same derivative `unrolled` computes, whatever the step.
   """
   g, _ = device_grad(train, 0, params, alphas, batch, axis_name)
+  return step_and_pullback(params, g, xi, optimizer, opt_state)
+
+
+def step_and_pullback(params, g, xi, optimizer, opt_state):
+  """w' from the (device-averaged) train gradient g, and v -> (dw'/dg)^T v.
+
+  `virtual_update_and_pullback` less the gradient: elementwise work only, so a
+  program that receives g can redo it rather than be sent w' and the pullback.
+  """
   if optimizer is None:
     return _axpy(-xi, g, params), lambda v: jax.tree.map(lambda t: -xi * t, v)
   step = lambda grads: optax.apply_updates(
@@ -266,8 +275,13 @@ def _unrolled(train, val, params, alphas, tb, vb, o):
 
 def second_order_parts(train, val, params, alphas, tb, vb, o):
   """(grad_alpha L_val(w'), u = (dw'/dg)^T grad_w' L_val(w'), aux): u is eq. 7's -xi v."""
-  w1, pull = virtual_update_and_pullback(train, params, alphas, tb, o.xi, o.optimizer,
-                                         o.opt_state, o.axis_name)
+  g, _ = device_grad(train, 0, params, alphas, tb, o.axis_name)
+  return parts_from_grad(val, params, alphas, vb, g, o)
+
+
+def parts_from_grad(val, params, alphas, vb, g, o):
+  """`second_order_parts` from g = grad_w L_train(w, alpha), device-averaged."""
+  w1, pull = step_and_pullback(params, g, o.xi, o.optimizer, o.opt_state)
   (v, g_a), aux = device_grad(val, (0, 1), w1, alphas, vb, o.axis_name)
   return g_a, pull(v), aux
 

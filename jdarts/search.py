@@ -273,12 +273,14 @@ STAGED_METHODS = ("finite_difference", "exact_hvp")
 def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
   """'bilevel' with a second-order estimator cut into programs (`jdarts.staged`).
 
-  Stages: 'parts' (the virtual step w', u = (dw'/dg)^T grad_w' L_val(w') and
-  grad_alpha L_val(w')); for `finite_difference` 'point', grad_alpha
-  L_train(w + eps u), run at +eps and at -eps; for `exact_hvp` 'product',
-  [grad^2_{alpha,w} L_train] u (within `compile_light`: it differentiates
-  twice); then 'update', the alphas' and the weights' steps. Only 'product'
-  is second order, so the others may take the fused depthwise form.
+  Stages: 'virtual' (g = grad_w L_train, the virtual step's gradient); 'val'
+  (w' from g, grad_alpha L_val(w') and u = (dw'/dg)^T grad_w' L_val(w')); for
+  `finite_difference` 'point', grad_alpha L_train(w + eps u), run at +eps and
+  at -eps; for `exact_hvp` 'product', [grad^2_{alpha,w} L_train] u (within
+  `compile_light`: it differentiates twice); then 'update', the alphas' and
+  the weights' steps. Only 'product' is second order, so the others may take
+  the fused depthwise form; each holds one gradient, which keeps the largest
+  program (and its compile memory) that of a weight step.
   """
   method = ctx.arch_cfg.method
   if method not in STAGED_METHODS:
@@ -286,13 +288,21 @@ def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
                      f"not arch.method={method!r}; use arch.step_kind='bilevel'.")
   fd = method == "finite_difference"
 
-  def parts(state, train_batch, val_batch, _):
+  def setup(state):
     train, val, kwargs = _arch_setup(ctx, state)
     o = hypergrad.options(method, **kwargs)
     hypergrad.check_args(method, state.params, state.alphas, o)
-    g_a, u, (val_aux, c_val) = he.second_order_parts(
-        he.wrap_loss(train, "train_loss", True), he.wrap_loss(val, "val_loss", True),
-        state.params, state.alphas, train_batch, val_batch, o)
+    return he.wrap_loss(train, "train_loss", True), he.wrap_loss(val, "val_loss", True), o
+
+  def virtual(state, train_batch, val_batch, _):
+    train, _, o = setup(state)
+    return staged.scratch(dict(g=he.device_grad(train, 0, state.params, state.alphas,
+                                                train_batch, o.axis_name)[0]))
+
+  def val(state, train_batch, val_batch, s):
+    _, val, o = setup(state)
+    g_a, u, (val_aux, c_val) = he.parts_from_grad(val, state.params, state.alphas, val_batch,
+                                                  s[staged.REP]["g"], o)
     # Replicated scratch must be equal on every device: metrics averaged now.
     rep = dict(g_a=g_a, u=u, val_aux=_pmean(val_aux, ctx.axis_name))
     if fd:
@@ -319,7 +329,8 @@ def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
                    solvers.axpy(1.0, mixed, r["g_a"]), r["val_aux"], s[staged.ROWS]["c_val"])
 
   def drive(call, state, train_batch, val_batch):
-    s = call("parts", state, train_batch, val_batch, staged.scratch())
+    s = call("val", state, train_batch, val_batch,
+             call("virtual", state, train_batch, val_batch, staged.scratch()))
     rep = dict(s[staged.REP])
     u = rep.pop("u")
     if fd:
@@ -331,8 +342,8 @@ def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
                           staged.scratch(dict(u=u)))[staged.REP]["mixed"]
     return call("update", state, train_batch, val_batch, staged.scratch(rep, s[staged.ROWS]))
 
-  stages = dict(parts=parts, update=update, **({"point": point} if fd else {"product": product}))
-  return staged.StagedStep(stages, drive, final="update", light=True)
+  stages = dict(virtual=virtual, val=val, **(dict(point=point) if fd else dict(product=product)))
+  return staged.StagedStep(dict(stages, update=update), drive, final="update", light=True)
 
 
 def _joint(loss, params, alphas, batch, axis):

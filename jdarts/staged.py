@@ -80,6 +80,10 @@ def with_metric_stage(step: StagedStep, name: str, fn: Callable) -> StagedStep:
     fn: per-device `(state, train_batch, val_batch) -> scalar`, the same on
       every device (averaged over the device axis), of the state before the step.
   """
+  if name in step.stages:
+    raise ValueError(f"metric stage {name!r} would replace the step's stage of that name; "
+                     f"pick a name not among {sorted(step.stages)}.")
+
   def first(state, train_batch, val_batch, _):
     return scratch({name: fn(state, train_batch, val_batch)})
 

@@ -85,7 +85,7 @@ def test_staged_step_equals_the_one_program_step(method):
   _assert_close(got, ref)
   assert "grad_correlation" in got[1]
   mixed = ["point", "point"] if method == "finite_difference" else ["product"]
-  assert calls == 2 * (["grad_correlation", "parts"] + mixed + ["update"])
+  assert calls == 2 * (["grad_correlation", "virtual", "val"] + mixed + ["update"])
   assert sorted(traces) == sorted(set(calls))  # one trace per stage for both steps
 
 
@@ -135,6 +135,9 @@ def test_staged_step_refuses_other_estimators():
   with pytest.raises(ValueError, match="train and a val batch"):
     parallel.ParallelStep(_problem("exact_hvp", "staged_bilevel")[1], backend="none",
                           num_batches=1)
+  step = _problem("exact_hvp", "staged_bilevel", correlation=False)[1]
+  with pytest.raises(ValueError, match="metric stage 'val' would replace"):
+    staged.with_metric_stage(step, "val", lambda *args: 0.0)
 
 
 def test_auto_stages_finite_differences_on_cpu_only():
