@@ -49,6 +49,7 @@ reference's matching kind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -225,6 +226,68 @@ def _timed_steps(step, state, warmup: int, repeats: int, label: str = ""):
   return times, cpu
 
 
+class _Phases:
+  """Host memory around compiling and running, as both measurements report it."""
+
+  def __init__(self, release: bool):
+    if release:
+      host_memory.drop_compiled()
+    self.rss0, self.resettable = host_memory.resident_mb(), reset_peak_rss()
+
+  def compiled(self, release: bool) -> None:
+    """After compiling: the peak so far, then the compiler's freed memory handed back."""
+    self.compile_peak, self.rss_compiled = peak_rss_mb(), host_memory.resident_mb()
+    self.released = release and host_memory.release()
+    self.rss1 = host_memory.resident_mb()
+    reset_peak_rss()
+
+  def fields(self, times, cpu) -> dict:
+    """The fields of a row every step kind has, after the timed runs."""
+    run_peak, r = peak_rss_mb(), _round
+    return {"ms_per_step": r(1e3 * statistics.median(times)), "ms_min": r(1e3 * min(times)),
+            "step_ms": [r(1e3 * t) for t in times], "cpu_util": r(cpu / sum(times), 2),
+            "rss_before_compile_mb": r(self.rss0),
+            "compile_peak_rss_mb": r(self.compile_peak),
+            "rss_after_compile_mb": r(self.rss_compiled), "released": self.released,
+            "rss_before_run_mb": r(self.rss1), "run_peak_rss_mb": r(run_peak),
+            "run_extra_rss_mb": r(None if self.rss1 is None else run_peak - self.rss1),
+            "peak_rss_mb": r(max(self.compile_peak, run_peak)),
+            "peak_reset": self.resettable, "device_peak_mb": r(device_memory_mb()[1])}
+
+
+def _round(x, n=1):
+  return None if x is None else round(x, n)
+
+
+_COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+                   "/jax/core/compile/backend_compile_duration": "compile_s"}
+
+
+@contextlib.contextmanager
+def program_seconds(min_s: float = 0.0):
+  """Collects, while open, each program's trace / lower / XLA compile seconds.
+
+  Yields a dict filled on exit: {program name: {'trace_s', 'lower_s',
+  'compile_s'}} for programs whose three phases took `min_s` or more together
+  (JAX's compile events; names as JAX gives them, e.g. 'jit(val)' for a stage).
+  """
+  got, out = {}, {}
+
+  def listen(event, secs, fun_name="?", **_):
+    if event in _COMPILE_EVENTS:
+      name = fun_name if fun_name.startswith(("jit(", "pmap(")) else f"jit({fun_name})"
+      row = got.setdefault(name, dict.fromkeys(_COMPILE_EVENTS.values(), 0.0))
+      row[_COMPILE_EVENTS[event]] += secs
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield out
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+    out.update({n: {k: round(v, 2) for k, v in r.items()} for n, r in got.items()
+                if sum(r.values()) >= min_s})
+
+
 def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = True,
             compiler_options=None, label: str = "") -> dict:
   """Compiles `fn` (state donated), warms up, times `repeats` calls; the cost fields of a row.
@@ -242,10 +305,7 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
   if compiler_options is None:
     compiler_options = parallel.default_compiler_options()
   jitted = jax.jit(fn, donate_argnums=0, compiler_options=compiler_options or None)
-  if release:
-    host_memory.drop_compiled()
-  rss0 = host_memory.resident_mb()
-  resettable = reset_peak_rss()
+  phases = _Phases(release)
   t0, c0 = time.perf_counter(), time.process_time()
   _say(label, "lowering")
   lowered = jitted.lower(state, tb, vb)
@@ -254,7 +314,6 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
   compiled = lowered.compile()
   t2, c2 = time.perf_counter(), time.process_time()
   _say(label, f"compiled in {t2 - t1:.1f} s ({c2 - c1:.1f} CPU s); running")
-  compile_peak = peak_rss_mb()
   dev_compile = device_memory_mb()[1]
   program = None
   try:
@@ -266,26 +325,13 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
     pass
   # Donation consumes the state: run on a copy so the caller's stays valid.
   s = jax.tree_util.tree_map(jnp.copy, state)
-  rss_compiled = host_memory.resident_mb()
-  released = release and host_memory.release()
-  rss1 = host_memory.resident_mb()
-  reset_peak_rss()
+  phases.compiled(release)
   times, cpu = _timed_steps(lambda s: compiled(s, tb, vb), s, warmup, repeats, label)
-  run_peak = peak_rss_mb()
-  rnd = lambda x, n=1: None if x is None else round(x, n)
-  return {"ms_per_step": rnd(1e3 * statistics.median(times)),
-          "ms_min": rnd(1e3 * min(times)), "step_ms": [rnd(1e3 * t) for t in times],
-          "cpu_util": rnd(cpu / sum(times), 2),
-          "lower_s": rnd(t1 - t0, 2), "lower_cpu_s": rnd(c1 - c0, 2),
-          "compile_s": rnd(t2 - t1, 2), "compile_cpu_s": rnd(c2 - c1, 2),
-          "compiler_options": compiler_options,
-          "rss_before_compile_mb": rnd(rss0), "compile_peak_rss_mb": rnd(compile_peak),
-          "rss_after_compile_mb": rnd(rss_compiled), "released": released,
-          "rss_before_run_mb": rnd(rss1), "run_peak_rss_mb": rnd(run_peak),
-          "run_extra_rss_mb": rnd(None if rss1 is None else run_peak - rss1),
-          "peak_rss_mb": rnd(max(compile_peak, run_peak)), "peak_reset": resettable,
-          "program_mb": rnd(program), "device_peak_after_compile_mb": rnd(dev_compile),
-          "device_peak_mb": rnd(device_memory_mb()[1])}
+  return {**phases.fields(times, cpu),
+          "lower_s": _round(t1 - t0, 2), "lower_cpu_s": _round(c1 - c0, 2),
+          "compile_s": _round(t2 - t1, 2), "compile_cpu_s": _round(c2 - c1, 2),
+          "compiler_options": compiler_options, "program_mb": _round(program),
+          "device_peak_after_compile_mb": _round(dev_compile)}
 
 
 def measure_search_step(space, cfg, w_opt, a_opt, sched, state, tb, vb, method: str,
@@ -297,43 +343,29 @@ def measure_search_step(space, cfg, w_opt, a_opt, sched, state, tb, vb, method: 
   ('auto': the kind a search picks), through `parallel.ParallelStep` on one
   device, state donated: a 'staged_bilevel' step runs as its stages' programs.
   Its programs compile in the first call, so `first_call_s` is compile and one
-  step, and `compile_s` that less the median step.
+  step, and `compile_s` that less the median step; `programs` splits the first
+  call's trace / lower / compile seconds by program (`program_seconds`), e.g.
+  by stage.
   """
   cfg = cfg.copy_and_resolve_references()
   cfg.arch.method, cfg.arch.step_kind = method, step_kind
   step = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched, optim_cfg=cfg.optim,
                                  weight_decay=cfg.optim.weight_decay)
   ps = parallel.ParallelStep(step, backend="none")
-  if release:
-    host_memory.drop_compiled()
-  rss0 = host_memory.resident_mb()
-  resettable = reset_peak_rss()
+  phases = _Phases(release)
   s = ps.put_state(jax.tree_util.tree_map(jnp.copy, state))
   _say(label, f"first call ({search.step_kind_for(cfg.arch)}): compiling")
   t0, c0 = time.perf_counter(), time.process_time()
-  s, _ = ps(s, tb, vb)
-  jax.block_until_ready(s)
+  with program_seconds() as programs:
+    s, _ = ps(s, tb, vb)
+    jax.block_until_ready(s)
   first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
-  compile_peak = peak_rss_mb()
-  rss_compiled = host_memory.resident_mb()
-  released = release and host_memory.release()
-  rss1 = host_memory.resident_mb()
-  reset_peak_rss()
+  phases.compiled(release)
   times, cpu = _timed_steps(lambda s: ps(s, tb, vb)[0], s, warmup, repeats, label)
-  run_peak = peak_rss_mb()
-  rnd = lambda x, n=1: None if x is None else round(x, n)
   med = statistics.median(times)
-  return {"ms_per_step": rnd(1e3 * med), "ms_min": rnd(1e3 * min(times)),
-          "step_ms": [rnd(1e3 * t) for t in times], "cpu_util": rnd(cpu / sum(times), 2),
-          "step_kind": search.step_kind_for(cfg.arch), "first_call_s": rnd(first, 2),
-          "compile_s": rnd(first - med, 2),
-          "compile_cpu_s": rnd(first_cpu - cpu / len(times), 2),
-          "rss_before_compile_mb": rnd(rss0), "compile_peak_rss_mb": rnd(compile_peak),
-          "rss_after_compile_mb": rnd(rss_compiled), "released": released,
-          "rss_before_run_mb": rnd(rss1), "run_peak_rss_mb": rnd(run_peak),
-          "run_extra_rss_mb": rnd(None if rss1 is None else run_peak - rss1),
-          "peak_rss_mb": rnd(max(compile_peak, run_peak)), "peak_reset": resettable,
-          "device_peak_mb": rnd(device_memory_mb()[1])}
+  return {**phases.fields(times, cpu), "step_kind": search.step_kind_for(cfg.arch),
+          "first_call_s": _round(first, 2), "compile_s": _round(first - med, 2),
+          "compile_cpu_s": _round(first_cpu - cpu / len(times), 2), "programs": programs}
 
 
 def run_isolated(args, kinds):
