@@ -153,3 +153,35 @@ def test_auto_stages_finite_differences_on_cpu_only():
                    "single_level": ("single_level", "single_level")}
   arch.method, arch.step_kind = "finite_difference", "bilevel"
   assert search.step_kind_for(arch, "cpu") == "bilevel"  # a named kind is kept
+
+
+@pytest.mark.slow  # 20-35 s each on 2 CPU cores (second-order compiles); --runslow
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("method", METHODS)
+def test_staged_step_on_the_darts_supernet_equals_the_one_program_step(method):
+  """The DARTS CNN supernet (separable convolutions, BatchNorm), float64, 2 steps:
+  the stages run the fused depthwise form, the one-program step the dense one
+  (`compile_light`), so the two differ by rounding only; float64 keeps eq. 8's
+  quotient from magnifying float32's rounding into the comparison."""
+  space = helpers.make_space(helpers.tiny_model(dtype="float64", layers=2, primitives=(
+      "max_pool_3x3", "skip_connect", "sep_conv_3x3")), num_classes=3)
+  cfg = helpers.tiny_search_config()
+  cfg.arch.method = method
+  sched = schedules.make_schedule(cfg.optim, 1, 10)
+  w_opt, a_opt = optim.weight_optimizer(cfg.optim, sched), optim.arch_optimizer(cfg.arch)
+  rng = np.random.RandomState(0)
+  batches = [{"image": rng.randn(4, 8, 8, 1), "label": rng.randint(0, 3, 4).astype(np.int32)}
+             for _ in range(4)]
+  state = search.init_state(space, jax.random.PRNGKey(0), batches[0], w_opt, a_opt)
+  wide = lambda x: x.astype(np.float64) if np.issubdtype(x.dtype, np.floating) else x
+  state = jax.tree_util.tree_map(wide, jax.device_get(state))
+  state = state.replace(alphas=jax.tree_util.tree_map(
+      lambda a: 0.3 * rng.randn(*a.shape), state.alphas))
+  out = []
+  for kind in ("bilevel", "staged_bilevel"):
+    cfg.arch.step_kind = kind
+    step = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched, optim_cfg=cfg.optim)
+    out.append(_run(step, state, batches))
+  assert jax.tree_util.tree_leaves(out[1][0].params)[0].dtype == np.float64
+  _assert_close(*out, rtol=1e-9, atol=1e-11)
+  assert out[1][1]["alpha_grad_norm"] > 0
