@@ -127,7 +127,7 @@ def search_defaults() -> ml_collections.ConfigDict:
       cg_iters=20, cg_damping=1e-3,
       unroll_solver=False,        # True: Python-unrolled Neumann/CG; faster runs on
                                   # CPU, far longer compiles (benchmarks/RESULTS.md)
-      step_kind="auto",           # 'auto': from the method (finite_difference on CPU:
+      step_kind="auto",           # 'auto': from the method (second order on CPU:
                                   # 'staged_bilevel', several programs); or a
                                   # search.STEP_KINDS name
       fuse_first_order=False))    # True: one lax.scan; 10x slower on CPU (search.py)

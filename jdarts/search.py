@@ -17,7 +17,7 @@ built for a step kind of `STEP_KINDS`:
 * 'staged_bilevel': 'bilevel' with `finite_difference` or `exact_hvp` cut
   into stages that `jdarts.parallel.ParallelStep` compiles as separate
   programs (`jdarts.staged`; same numbers up to rounding). 'auto' picks it
-  for `finite_difference` on CPU (`step_kind_for`).
+  for both on CPU (`step_kind_for`).
 
 With `grad_correlation=True` the step also reports `grad_correlation`, the
 cosine between the alpha gradients of the training loss on the training batch
@@ -179,10 +179,11 @@ STEP_KINDS = Registry("search step kind")
 
 def step_kind_for(arch_cfg, backend: Optional[str] = None) -> str:
   """`arch.step_kind`, or for 'auto' the kind the estimator implies on `backend`
-  (default: JAX's): 'staged_bilevel' for `finite_difference` on CPU, where its
-  programs, free to take the fused depthwise form, ran the small benchmark
-  setting's whole step 1.34-1.47x faster, compiled ~1.6x sooner and peaked 26%
-  lower than one program (benchmarks/RESULTS.md; `exact_hvp`: 3% slower).
+  (default: JAX's): 'staged_bilevel' for `finite_difference` and `exact_hvp` on
+  CPU, where its programs, free to take the fused depthwise form, ran the small
+  benchmark setting's whole step faster (finite differences 1.34-1.47x, exact
+  HVP 1.03x), their first call came 1.4-1.6x sooner and compiling peaked 24-26%
+  lower than one program's (benchmarks/RESULTS.md, sessions 14-15).
   """
   kind = arch_cfg.get("step_kind", "auto")
   if kind != "auto":
@@ -192,7 +193,7 @@ def step_kind_for(arch_cfg, backend: Optional[str] = None) -> str:
     return "single_level"
   if method == "first_order" and arch_cfg.get("fuse_first_order", False):
     return "fused_first_order"
-  if method == "finite_difference" and (backend or jax.default_backend()) == "cpu":
+  if method in STAGED_METHODS and (backend or jax.default_backend()) == "cpu":
     return "staged_bilevel"
   return "bilevel"
 
@@ -279,8 +280,8 @@ def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
   at -eps; for `exact_hvp` 'product', [grad^2_{alpha,w} L_train] u (within
   `compile_light`: it differentiates twice); then 'update', the alphas' and
   the weights' steps. Only 'product' is second order, so the others may take
-  the fused depthwise form; each holds one gradient, which keeps the largest
-  program (and its compile memory) that of a weight step.
+  the fused depthwise form; each holds one gradient, as a weight step does,
+  which bounds the largest program (and its compile memory).
   """
   method = ctx.arch_cfg.method
   if method not in STAGED_METHODS:

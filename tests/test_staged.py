@@ -140,7 +140,7 @@ def test_staged_step_refuses_other_estimators():
     staged.with_metric_stage(step, "val", lambda *args: 0.0)
 
 
-def test_auto_stages_finite_differences_on_cpu_only():
+def test_auto_stages_second_order_steps_on_cpu_only():
   """'auto' stages the estimator it was measured faster for, where it was measured."""
   arch = config_lib.search_defaults().arch
   kinds = {}
@@ -149,7 +149,7 @@ def test_auto_stages_finite_differences_on_cpu_only():
     kinds[method] = (search.step_kind_for(arch, "cpu"), search.step_kind_for(arch, "gpu"))
   assert kinds == {"first_order": ("bilevel", "bilevel"),
                    "finite_difference": ("staged_bilevel", "bilevel"),
-                   "exact_hvp": ("bilevel", "bilevel"),
+                   "exact_hvp": ("staged_bilevel", "bilevel"),
                    "single_level": ("single_level", "single_level")}
   arch.method, arch.step_kind = "finite_difference", "bilevel"
   assert search.step_kind_for(arch, "cpu") == "bilevel"  # a named kind is kept

@@ -18,6 +18,7 @@ import pytest
 
 import helpers
 from jdarts import cli
+from jdarts import search
 from jdarts import spaces
 from jdarts.config_lib import ConfigError
 
@@ -161,7 +162,8 @@ def test_the_toy_space_satisfies_the_protocol():
 # first_order resume is also pinned on the DARTS CNN (tests/test_resume.py) and the
 # recurrent space (tests/test_rnn_search_cli.py); here it runs with --runslow, as
 # single_level and exact_hvp (the same checkpoint machinery with another step kind;
-# suite time). finite_difference runs the staged step ('auto' on CPU: several programs).
+# suite time). finite_difference runs the staged step ('auto' on CPU: several programs),
+# as exact_hvp does.
 @pytest.mark.parametrize("method", [pytest.param("first_order", marks=pytest.mark.slow),
                                     pytest.param("exact_hvp", marks=pytest.mark.slow),
                                     "finite_difference",
@@ -193,7 +195,7 @@ def test_cli_search_resume_equals_uninterrupted(toy_config, tmp_path, capsys, me
   summary = json.loads((parts / "summary.json").read_text())
   assert 0.0 <= summary["test_accuracy"] <= 1.0 and "test_carry_norm" in summary
   assert "supernet test accuracy" in out
-  if method == "finite_difference" and jax.default_backend() == "cpu":
+  if method in search.STAGED_METHODS and jax.default_backend() == "cpu":
     assert "step kind staged_bilevel" in captured.err
 
 
