@@ -31,7 +31,7 @@ setuptools.setup(
         "cuda13": ["jax[cuda13]"],  # NVIDIA driver >= 580 (the H200 measured in RESULTS.md)
         "tpu": ["jax[tpu]"],
         "viz": ["matplotlib>=3.7"],
-        "test": ["pytest>=7", "matplotlib>=3.7"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["jdarts=jdarts.cli:entry"]},
 )

@@ -8,8 +8,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-# One persistent XLA cache for the whole session, this process and the runs it
-# starts: many tests build the same tiny supernet's steps, and a fresh closure
+# One persistent XLA cache for the whole session, this process, the runs it
+# starts and pytest-xdist's workers (spawned after this runs in the controller,
+# they inherit the variable; only the controller removes the directory): many
+# tests build the same tiny supernet's steps, and a fresh closure
 # under jax.jit compiles again unless the compiled program is found on disk.
 # JAX fixes its cache at the first compile, so it is set here, before any.
 _OWN_CACHE = "JDARTS_TEST_XLA_CACHE" not in os.environ  # else the caller's, kept
