@@ -102,6 +102,17 @@ def test_parallel_step_compiles_each_stage_apart():
   _assert_close(_run(step, state, batches), _run(jax.jit(step), state, batches))
 
 
+def test_parallel_step_hands_back_the_heap_after_each_stage_compiles(monkeypatch):
+  """Once per stage, after its first call (its compile), not on later steps: glibc
+  would otherwise keep every stage's compiler garbage until the run's release."""
+  from jdarts import host_memory
+  calls = []
+  monkeypatch.setattr(host_memory, "release", lambda: calls.append(1) or True)
+  state, step, batches = _problem("finite_difference", "staged_bilevel", correlation=False)
+  _run(step, state, batches, steps=2)
+  assert len(calls) == len(step.stages) == 4
+
+
 @pytest.mark.parametrize("backend", ["pmap", pytest.param("shard_map", marks=pytest.mark.slow)])
 def test_staged_step_over_two_devices_equals_the_one_program_step(backend):
   """The carry's rows are split over the devices in the scratch as in the state."""
