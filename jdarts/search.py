@@ -181,8 +181,8 @@ def step_kind_for(arch_cfg, backend: Optional[str] = None) -> str:
   """`arch.step_kind`, or for 'auto' the kind the estimator implies on `backend`
   (default: JAX's): 'staged_bilevel' for `finite_difference` and `exact_hvp` on
   CPU, where its programs, free to take the fused depthwise form, ran the small
-  benchmark setting's whole step faster (finite differences 1.34-1.47x, exact
-  HVP 1.03x), their first call came 1.4-1.6x sooner and compiling peaked 24-26%
+  benchmark setting's whole step as fast or faster (finite differences 1.34-1.47x,
+  exact HVP 1.01-1.03x), first called 1.37-1.65x sooner, compile peaks 24-26%
   lower than one program's (benchmarks/RESULTS.md, sessions 14-15).
   """
   kind = arch_cfg.get("step_kind", "auto")
