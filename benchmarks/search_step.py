@@ -230,14 +230,15 @@ class _Phases:
   """Host memory around compiling and running, as both measurements report it."""
 
   def __init__(self, release: bool):
+    self.release = release
     if release:
       host_memory.drop_compiled()
     self.rss0, self.resettable = host_memory.resident_mb(), reset_peak_rss()
 
-  def compiled(self, release: bool) -> None:
+  def compiled(self) -> None:
     """After compiling: the peak so far, then the compiler's freed memory handed back."""
     self.compile_peak, self.rss_compiled = peak_rss_mb(), host_memory.resident_mb()
-    self.released = release and host_memory.release()
+    self.released = self.release and host_memory.release()
     self.rss1 = host_memory.resident_mb()
     reset_peak_rss()
 
@@ -265,12 +266,12 @@ _COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
 
 
 @contextlib.contextmanager
-def program_seconds(min_s: float = 0.0):
+def program_seconds():
   """Collects, while open, each program's trace / lower / XLA compile seconds.
 
   Yields a dict filled on exit: {program name: {'trace_s', 'lower_s',
-  'compile_s'}} for programs whose three phases took `min_s` or more together
-  (JAX's compile events; names as JAX gives them, e.g. 'jit(val)' for a stage).
+  'compile_s'}} (JAX's compile events; names as JAX gives them, e.g.
+  'jit(val)' for a stage).
   """
   got, out = {}, {}
 
@@ -284,8 +285,7 @@ def program_seconds(min_s: float = 0.0):
     yield out
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
-    out.update({n: {k: round(v, 2) for k, v in r.items()} for n, r in got.items()
-                if sum(r.values()) >= min_s})
+    out.update({n: {k: round(v, 2) for k, v in r.items()} for n, r in got.items()})
 
 
 def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = True,
@@ -325,7 +325,7 @@ def measure(fn, state, tb, vb, repeats: int, warmup: int = 1, release: bool = Tr
     pass
   # Donation consumes the state: run on a copy so the caller's stays valid.
   s = jax.tree_util.tree_map(jnp.copy, state)
-  phases.compiled(release)
+  phases.compiled()
   times, cpu = _timed_steps(lambda s: compiled(s, tb, vb), s, warmup, repeats, label)
   return {**phases.fields(times, cpu),
           "lower_s": _round(t1 - t0, 2), "lower_cpu_s": _round(c1 - c0, 2),
@@ -351,19 +351,19 @@ def measure_search_step(space, cfg, w_opt, a_opt, sched, state, tb, vb, method: 
   cfg.arch.method, cfg.arch.step_kind = method, step_kind
   step = search.make_search_step(space, cfg.arch, w_opt, a_opt, sched, optim_cfg=cfg.optim,
                                  weight_decay=cfg.optim.weight_decay)
-  ps = parallel.ParallelStep(step, backend="none")
+  ps, kind = parallel.ParallelStep(step, backend="none"), search.step_kind_for(cfg.arch)
   phases = _Phases(release)
   s = ps.put_state(jax.tree_util.tree_map(jnp.copy, state))
-  _say(label, f"first call ({search.step_kind_for(cfg.arch)}): compiling")
+  _say(label, f"first call ({kind}): compiling")
   t0, c0 = time.perf_counter(), time.process_time()
   with program_seconds() as programs:
     s, _ = ps(s, tb, vb)
     jax.block_until_ready(s)
   first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
-  phases.compiled(release)
+  phases.compiled()
   times, cpu = _timed_steps(lambda s: ps(s, tb, vb)[0], s, warmup, repeats, label)
   med = statistics.median(times)
-  return {**phases.fields(times, cpu), "step_kind": search.step_kind_for(cfg.arch),
+  return {**phases.fields(times, cpu), "step_kind": kind,
           "first_call_s": _round(first, 2), "compile_s": _round(first - med, 2),
           "compile_cpu_s": _round(first_cpu - cpu / len(times), 2), "programs": programs}
 

@@ -176,10 +176,8 @@ def test_staged_step_on_the_darts_supernet_equals_the_one_program_step(method):
   quotient from magnifying float32's rounding into the comparison."""
   space = helpers.make_space(helpers.tiny_model(dtype="float64", layers=2, primitives=(
       "max_pool_3x3", "skip_connect", "sep_conv_3x3")), num_classes=3)
-  cfg = helpers.tiny_search_config()
+  _, cfg, w_opt, a_opt, sched = _setup()  # the toy problem's optimisers and schedule
   cfg.arch.method = method
-  sched = schedules.make_schedule(cfg.optim, 1, 10)
-  w_opt, a_opt = optim.weight_optimizer(cfg.optim, sched), optim.arch_optimizer(cfg.arch)
   rng = np.random.RandomState(0)
   batches = [{"image": rng.randn(4, 8, 8, 1), "label": rng.randint(0, 3, 4).astype(np.int32)}
              for _ in range(4)]
