@@ -153,13 +153,13 @@ def estimator_kwargs(cfg, sched, w_opt_state, step, **overrides) -> dict:
   """`hypergrad.arch_grad`'s settings (xi, optimizer, opt_state, estimator options) at `step`.
 
   The virtual step is `optim.virtual_step(cfg.arch.virtual_step, ...)` and the
-  estimator options `search.estimator_options`, exactly what
+  estimator options `hypergrad.estimator_options`, exactly what
   `search.make_search_step` hands `hypergrad.arch_grad`; xi follows `arch.xi`
   (negative: the weights' learning rate at `step`); `overrides` replace
   estimator options (e.g. cg_iters).
   """
   virtual = optim.virtual_step(cfg.arch.get("virtual_step", "reference"), cfg.optim, sched)
-  return dict(search.estimator_options(cfg.arch, cfg.optim.weight_decay),
+  return dict(hypergrad.estimator_options(cfg.arch, cfg.optim.weight_decay),
               xi=jnp.where(cfg.arch.xi < 0, sched(step), cfg.arch.xi),
               optimizer=virtual.optimizer, opt_state=virtual.state_of(w_opt_state),
               **overrides)

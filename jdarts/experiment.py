@@ -62,7 +62,7 @@ def validate(cfg) -> None:
   for method in [a.method] + [m for m in hypergrad.ESTIMATORS.names() if m != a.method]:
     try:  # the step supplies the real xi
       hypergrad.options(method, xi=1.0,
-                        **search_lib.estimator_options(a, cfg.optim.weight_decay))
+                        **hypergrad.estimator_options(a, cfg.optim.weight_decay))
     except (ValueError, TypeError) as e:
       raise ConfigError(f"arch.{e}") from None
   kind = a.get("step_kind", "auto")

@@ -286,3 +286,25 @@ def arch_grad(method: str, train_loss: Loss, val_loss: Loss, params: PyTree,
     g, aux, info = est.fn(train, val, params, alphas, train_batch, val_batch, opts)
   out = (g, aux) if has_aux else g
   return (out, info) if return_info else out
+
+
+def estimator_options(arch_cfg, weight_decay: float = 0.0) -> dict:
+  """The `hypergrad.arch_grad` settings an `arch` config block holds.
+
+  Args:
+    arch_cfg: the config's `arch` block.
+    weight_decay: the weight optimiser's coupled decay (`optim.weight_decay`):
+      part of the inner objective, so of the implicit methods' Hessian.
+
+  Returns:
+    {'fd_eps', 'neumann_terms', 'neumann_lr' (None: use xi), 'cg_iters',
+    'cg_damping', 'unroll_solver', 'weight_decay'}, defaults filled in for
+    older configs.
+  """
+  return dict(fd_eps=arch_cfg.get("fd_eps", 0.01),
+              neumann_terms=arch_cfg.get("neumann_terms", 20),
+              neumann_lr=(arch_cfg.get("neumann_lr", 0.0) or None),
+              cg_iters=arch_cfg.get("cg_iters", 20),
+              cg_damping=arch_cfg.get("cg_damping", 1e-3),
+              unroll_solver=arch_cfg.get("unroll_solver", False),
+              weight_decay=float(weight_decay or 0.0))

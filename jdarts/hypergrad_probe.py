@@ -172,7 +172,7 @@ class Probe:
       compile_s = 0.0
       if m not in self._compiled:
         fn = hc.estimator_fn(m, packed_loss(self.space), packed_loss(self.space), w_opt, False,
-                           search_lib.estimator_options(self.arch, self.weight_decay))
+                           hypergrad.estimator_options(self.arch, self.weight_decay))
         self._compiled[m], compile_s = hc.compile_estimator(m, fn, args)
       t0 = time.perf_counter()
       grads[m] = jax.device_get(jax.block_until_ready(self._compiled[m](*args)))

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdarts import experiment
+from jdarts import hypergrad
 from jdarts import hypergrad_compare as hc
 from jdarts import hypergrad_probe as probe_lib
 from jdarts import runs
@@ -122,14 +123,14 @@ def run(cfg, workdir: Optional[str] = None) -> Dict[str, Any]:
       "reference": probe_lib.reference_method(h), "repeats": int(h.repeats),
       "num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state.params))),
       "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-      "jax": jax.__version__, **search_lib.estimator_options(cfg.arch, cfg.optim.weight_decay)}
+      "jax": jax.__version__, **hypergrad.estimator_options(cfg.arch, cfg.optim.weight_decay)}
   print(f"hypergradient estimators on {cfg.space}/{cfg.data.name}, step {setting['step']}"
         f"{' (restored)' if built['restored_step'] is not None else ' (initial state)'}, "
         f"batch {cfg.batch_size}, xi {xi:.4g}, virtual step {setting['virtual_step']}, "
         f"{jax.default_backend()}; vs {probe_lib.reference_method(h)}:")
   rows = hc.compare(loss, loss, state.params, state.alphas, tb, vb, methods=methods, xi=xi,
                     reference=probe_lib.reference_method(h), repeats=int(h.repeats), **opt_kw,
-                    **search_lib.estimator_options(cfg.arch, cfg.optim.weight_decay))
+                    **hypergrad.estimator_options(cfg.arch, cfg.optim.weight_decay))
   print(hc.format_table(rows), flush=True)
   result = {"setting": setting, "rows": rows, "fd_sweep": [], "fd_sweep_summary": None}
 

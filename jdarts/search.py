@@ -128,28 +128,6 @@ def bind_loss(space, rng, carry) -> Callable:
   return loss
 
 
-def estimator_options(arch_cfg, weight_decay: float = 0.0) -> dict:
-  """The `hypergrad.arch_grad` settings an `arch` config block holds.
-
-  Args:
-    arch_cfg: the config's `arch` block.
-    weight_decay: the weight optimiser's coupled decay (`optim.weight_decay`):
-      part of the inner objective, so of the implicit methods' Hessian.
-
-  Returns:
-    {'fd_eps', 'neumann_terms', 'neumann_lr' (None: use xi), 'cg_iters',
-    'cg_damping', 'unroll_solver', 'weight_decay'}, defaults filled in for
-    older configs.
-  """
-  return dict(fd_eps=arch_cfg.get("fd_eps", 0.01),
-              neumann_terms=arch_cfg.get("neumann_terms", 20),
-              neumann_lr=(arch_cfg.get("neumann_lr", 0.0) or None),
-              cg_iters=arch_cfg.get("cg_iters", 20),
-              cg_damping=arch_cfg.get("cg_damping", 1e-3),
-              unroll_solver=arch_cfg.get("unroll_solver", False),
-              weight_decay=float(weight_decay or 0.0))
-
-
 class StepContext(NamedTuple):
   """What a step kind's builder gets.
 
@@ -234,7 +212,7 @@ def _arch_setup(ctx: StepContext, state):
   v_opt = None if ctx.virtual is None else ctx.virtual.optimizer
   kwargs = dict(xi=jnp.where(arch.xi < 0, lr, arch.xi), optimizer=v_opt,
                 opt_state=None if v_opt is None else ctx.virtual.state_of(state.w_opt_state),
-                axis_name=ctx.axis_name, **estimator_options(arch, ctx.weight_decay))
+                axis_name=ctx.axis_name, **hypergrad.estimator_options(arch, ctx.weight_decay))
   return bind_loss(ctx.space, k_train, c_train), bind_loss(ctx.space, k_val, c_val), kwargs
 
 
