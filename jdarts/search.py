@@ -216,21 +216,31 @@ def _arch_setup(ctx: StepContext, state):
   return bind_loss(ctx.space, k_train, c_train), bind_loss(ctx.space, k_val, c_val), kwargs
 
 
-def _update(ctx: StepContext, state, train_loss, train_batch, g_a, val_aux, c_val):
-  """Algorithm 1 from the architecture gradient on: the alphas' step, then the
-  weights' with the updated alphas; returns (new state, metrics)."""
-  axis = ctx.axis_name
-  g_a = _pmean(g_a, axis)
+def _alpha_step(ctx: StepContext, state, g_a):
+  """The alphas' step from this device's architecture gradient: (alphas, opt state, |g|)."""
+  g_a = _pmean(g_a, ctx.axis_name)
   a_upd, a_os = ctx.a_opt.update(g_a, state.a_opt_state, state.alphas)
-  alphas = optax.apply_updates(state.alphas, a_upd)
-  (_, (train_aux, c_train)), g_p = jax.value_and_grad(train_loss, has_aux=True)(
-      state.params, alphas, train_batch)
-  g_p = _pmean(g_p, axis)
+  return optax.apply_updates(state.alphas, a_upd), a_os, _norm(g_a)
+
+
+def _weight_step(ctx: StepContext, state, g_p, alphas, a_os, auxes, g_a_norm, carries):
+  """The weights' step from the device-averaged g_p; (new state, metrics).
+  `auxes`, `carries`: the (train, val) losses' aux and carries."""
   w_upd, w_os = ctx.w_opt.update(g_p, state.w_opt_state, state.params)
   new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, w_upd),
                       alphas=alphas, w_opt_state=w_os, a_opt_state=a_os,
-                      carry=_new_carry(state, c_train, c_val))
-  return new, _metrics(ctx, state, train_aux, val_aux, _norm(g_p), _norm(g_a))
+                      carry=_new_carry(state, *carries))
+  return new, _metrics(ctx, state, *auxes, _norm(g_p), g_a_norm)
+
+
+def _update(ctx: StepContext, state, train_loss, train_batch, g_a, val_aux, c_val):
+  """Algorithm 1 from the architecture gradient on: the alphas' step, then the
+  weights' with the updated alphas; returns (new state, metrics)."""
+  alphas, a_os, g_a_norm = _alpha_step(ctx, state, g_a)
+  (_, (train_aux, c_train)), g_p = jax.value_and_grad(train_loss, has_aux=True)(
+      state.params, alphas, train_batch)
+  return _weight_step(ctx, state, _pmean(g_p, ctx.axis_name), alphas, a_os,
+                      (train_aux, val_aux), g_a_norm, (c_train, c_val))
 
 
 @STEP_KINDS.register("bilevel")
@@ -252,14 +262,16 @@ STAGED_METHODS = ("finite_difference", "exact_hvp")
 def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
   """'bilevel' with a second-order estimator cut into programs (`jdarts.staged`).
 
-  Stages: 'virtual' (g = grad_w L_train, the virtual step's gradient); 'val'
-  (w' from g, grad_alpha L_val(w') and u = (dw'/dg)^T grad_w' L_val(w')); for
-  `finite_difference` 'point', grad_alpha L_train(w + eps u), run at +eps and
-  at -eps; for `exact_hvp` 'product', [grad^2_{alpha,w} L_train] u (within
-  `compile_light`: it differentiates twice); then 'update', the alphas' and
-  the weights' steps. Only 'product' is second order, so the others may take
-  the fused depthwise form; each holds one gradient, as a weight step does,
-  which bounds the largest program (and its compile memory).
+  Stages: 'grad' (grad_w L_train at the state's alphas: the virtual step's
+  gradient); 'val' (w' from it, grad_alpha L_val(w') and u = (dw'/dg)^T
+  grad_w' L_val(w')); for `finite_difference` 'point', grad_alpha L_train(w +
+  eps u), run at +eps and at -eps; for `exact_hvp` 'product', [grad^2_{alpha,w}
+  L_train] u (within `compile_light`: it differentiates twice); 'alphas', the
+  alphas' step; 'grad' again at the new alphas, the weights' gradient; then
+  'update', the weights' step. Only 'product' is second order, so the others
+  may take the fused depthwise form; each holds at most one gradient, which
+  bounds the largest program (and its compile memory), and the one gradient
+  program serves both weight gradients.
   """
   method = ctx.arch_cfg.method
   if method not in STAGED_METHODS:
@@ -273,16 +285,17 @@ def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
     hypergrad.check_args(method, state.params, state.alphas, o)
     return he.wrap_loss(train, "train_loss", True), he.wrap_loss(val, "val_loss", True), o
 
-  def virtual(state, train_batch, val_batch, _):
+  def grad(state, train_batch, val_batch, _):
     train, _, o = setup(state)
-    return staged.scratch(dict(g=he.device_grad(train, 0, state.params, state.alphas,
-                                                train_batch, o.axis_name)[0]))
+    g, (aux, c_train) = he.device_grad(train, 0, state.params, state.alphas, train_batch,
+                                       o.axis_name)
+    # Replicated scratch must be equal on every device: metrics averaged now.
+    return staged.scratch(dict(g=g, aux=_pmean(aux, ctx.axis_name)), dict(c_train=c_train))
 
   def val(state, train_batch, val_batch, s):
     _, val, o = setup(state)
     g_a, u, (val_aux, c_val) = he.parts_from_grad(val, state.params, state.alphas, val_batch,
                                                   s[staged.REP]["g"], o)
-    # Replicated scratch must be equal on every device: metrics averaged now.
     rep = dict(g_a=g_a, u=u, val_aux=_pmean(val_aux, ctx.axis_name))
     if fd:
       eps = he.fd_step(u, o.fd_eps)
@@ -301,28 +314,37 @@ def _staged_bilevel(ctx: StepContext) -> staged.StagedStep:
                                s[staged.REP]["u"], ctx.axis_name)
     return staged.scratch(dict(mixed=mixed))
 
-  def update(state, train_batch, val_batch, s):
+  def alphas(state, train_batch, val_batch, s):
     r = s[staged.REP]
     mixed = he.fd_product(r["g_plus"], r["g_minus"], r["eps"]) if fd else r["mixed"]
-    return _update(ctx, state, _arch_setup(ctx, state)[0], train_batch,
-                   solvers.axpy(1.0, mixed, r["g_a"]), r["val_aux"], s[staged.ROWS]["c_val"])
+    new, a_os, norm = _alpha_step(ctx, state, solvers.axpy(1.0, mixed, r["g_a"]))
+    return staged.scratch(dict(alphas=new, a_opt_state=a_os, g_a_norm=norm))
+
+  def update(state, train_batch, val_batch, s):
+    r, rows = s[staged.REP], s[staged.ROWS]
+    return _weight_step(ctx, state, r["g"], r["alphas"], r["a_opt_state"],
+                        (r["aux"], r["val_aux"]), r["g_a_norm"], (rows["c_train"], rows["c_val"]))
 
   def drive(call, state, train_batch, val_batch):
-    s = call("val", state, train_batch, val_batch,
-             call("virtual", state, train_batch, val_batch, staged.scratch()))
+    run = lambda name, st, s: call(name, st, train_batch, val_batch, s)
+    s = run("val", state, run("grad", state, staged.scratch()))
     rep = dict(s[staged.REP])
     u = rep.pop("u")
     if fd:
-      at = lambda eps: call("point", state, train_batch, val_batch,
-                            staged.scratch(dict(u=u, eps=eps)))[staged.REP]["g"]
+      at = lambda eps: run("point", state, staged.scratch(dict(u=u, eps=eps)))[staged.REP]["g"]
       rep.update(g_plus=at(rep["eps"]), g_minus=at(rep.pop("neg_eps")))
     else:
-      rep["mixed"] = call("product", state, train_batch, val_batch,
-                          staged.scratch(dict(u=u)))[staged.REP]["mixed"]
-    return call("update", state, train_batch, val_batch, staged.scratch(rep, s[staged.ROWS]))
+      rep["mixed"] = run("product", state, staged.scratch(dict(u=u)))[staged.REP]["mixed"]
+    new_a = run("alphas", state, staged.scratch(rep))[staged.REP]
+    # The weights' gradient at the new alphas: the first 'grad' program again.
+    w = run("grad", state.replace(alphas=new_a["alphas"]), staged.scratch())
+    return run("update", state, staged.scratch(
+        dict(w[staged.REP], val_aux=rep["val_aux"], **new_a),
+        dict(s[staged.ROWS], **w[staged.ROWS])))
 
-  stages = dict(virtual=virtual, val=val, **(dict(point=point) if fd else dict(product=product)))
-  return staged.StagedStep(dict(stages, update=update), drive, final="update", light=True)
+  stages = dict(grad=grad, val=val, **(dict(point=point) if fd else dict(product=product)))
+  return staged.StagedStep(dict(stages, alphas=alphas, update=update), drive, final="update",
+                           light=True)
 
 
 def _joint(loss, params, alphas, batch, axis):

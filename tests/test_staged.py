@@ -44,11 +44,24 @@ def _problem(method, kind, axis=None, dropout=0.1, correlation=True, seed=0):
   return jax.device_get(state), step, batches
 
 
-def _run(step, state, batches, backend="none", n=1, steps=2):
+def _run(step, state, batches, backend="none", n=1, steps=2, compiles=None):
+  """(state, metrics) after `steps` steps; `compiles` collects each step's XLA compiles."""
   ps = parallel.ParallelStep(step, backend=backend, devices=jax.local_devices()[:n])
   s = ps.put_state(state)
-  for i in range(steps):
-    s, m = ps(s, batches[(2 * i) % 4], batches[(2 * i + 1) % 4])
+  events = []
+
+  def listen(event, secs, **_):
+    if event == "/jax/core/compile/backend_compile_duration":
+      events.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    for i in range(steps):
+      s, m = ps(s, batches[(2 * i) % 4], batches[(2 * i + 1) % 4])
+      if compiles is not None:
+        compiles.append(len(events))
+        events.clear()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
   return jax.device_get(ps.get_state(s)), jax.device_get(ps.get_metrics(m))
 
 
@@ -85,7 +98,9 @@ def test_staged_step_equals_the_one_program_step(method):
   _assert_close(got, ref)
   assert "grad_correlation" in got[1]
   mixed = ["point", "point"] if method == "finite_difference" else ["product"]
-  assert calls == 2 * (["grad_correlation", "virtual", "val"] + mixed + ["update"])
+  # 'grad' twice: the virtual step's gradient, then the weights' at the new alphas.
+  assert calls == 2 * (["grad_correlation", "grad", "val"] + mixed
+                       + ["alphas", "grad", "update"])
   assert sorted(traces) == sorted(set(calls))  # one trace per stage for both steps
 
 
@@ -110,17 +125,20 @@ def test_parallel_step_hands_back_the_heap_after_each_stage_compiles(monkeypatch
   monkeypatch.setattr(host_memory, "release", lambda: calls.append(1) or True)
   state, step, batches = _problem("finite_difference", "staged_bilevel", correlation=False)
   _run(step, state, batches, steps=2)
-  assert len(calls) == len(step.stages) == 4
+  assert len(calls) == len(step.stages) == 5
 
 
 @pytest.mark.parametrize("backend", ["pmap", pytest.param("shard_map", marks=pytest.mark.slow)])
 def test_staged_step_over_two_devices_equals_the_one_program_step(backend):
   """The carry's rows are split over the devices in the scratch as in the state."""
-  results = []
+  results, compiles = [], []
   for kind in ("bilevel", "staged_bilevel"):
     state, step, batches = _problem("finite_difference", kind, axis=parallel.AXIS)
-    results.append(_run(step, state, batches, backend, 2))
+    results.append(_run(step, state, batches, backend, 2, compiles=compiles))
   _assert_close(*results)
+  # The second staged step compiles nothing: 'grad' at the new alphas (an array
+  # another program placed) reuses the program of the virtual step's gradient.
+  assert compiles[2] >= len(step.stages) and compiles[3] == 0, compiles
   assert results[1][0].carry["train"].shape == (8, 8)
 
 
