@@ -424,6 +424,7 @@ def test_search_step_times_the_whole_step_a_search_runs():
     assert r["first_call_s"] >= r["compile_s"] > 0
   # Each stage compiled as a program of its own, and its seconds within the first call.
   staged_programs = rows[0]["programs"]
-  assert {"jit(virtual)", "jit(val)", "jit(point)", "jit(update)"} <= set(staged_programs)
+  assert ({"jit(grad)", "jit(val)", "jit(point)", "jit(alphas)", "jit(update)"}
+          <= set(staged_programs))
   assert sum(sum(p.values()) for p in staged_programs.values()) <= rows[0]["first_call_s"]
   assert not jax.tree_util.tree_leaves(state.params)[0].is_deleted()
